@@ -1,0 +1,258 @@
+"""Image datasets and the LightningDataModule.
+
+Training draws random ``patch_size`` patches with one of the 8 flips/rotations from images decoded once and kept
+in memory as uint8; a :class:`PatchSampler` in the main process decides every patch (image, position, transform)
+from a generator seeded by (seed, epoch), so an epoch is reproducible and a resumed run sees the same patches.
+Noise is added later, on the device, by the LightningModule.
+
+Test sets are named folders evaluated on full images. A source is either a folder of images or ``skimage://train``
+/ ``skimage://test``: the fixed split of natural photographs that ship inside scikit-image (the embedded default
+data, usable without any download).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+
+# The embedded default data: natural photographs bundled inside scikit-image (no download), as a fixed split.
+# The test images are held out from training. Only the left view of the stereo motorcycle pair is used.
+EMBEDDED_SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "hubble_deep_field",
+              "immunohistochemistry", "grass", "gravel", "brick", "page", "text"),
+    "test": ("camera", "moon", "coins"),
+}
+
+
+def _embedded_image(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name == "motorcycle":
+        return skimage.data.stereo_motorcycle()[0]
+    return getattr(skimage.data, name)()
+EMBEDDED_SCHEME = "skimage://"
+
+
+class DataError(ValueError):
+    """A data source that cannot be used; the message names the path and how to fix it."""
+
+
+def _to_channels(image: Image.Image, channels: int, source: str) -> np.ndarray:
+    """PIL image -> uint8 array (H, W, channels). Grey uses ITU-R BT.601 luma (PIL's ``convert("L")``)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8))
+    if channels == 1:
+        array = np.asarray(image.convert("L"))[:, :, None]
+    elif channels == 3:
+        array = np.asarray(image.convert("RGB"))
+    else:
+        raise DataError(f"data.channels must be 1 (grey) or 3 (RGB), got {channels} for {source}")
+    return np.array(array, order="C", copy=True)  # writable and owned: safe for torch.from_numpy
+
+
+def load_image(path: str | os.PathLike, channels: int = 1) -> np.ndarray:
+    """Decode one image file into a uint8 array (H, W, channels); errors name the file."""
+    try:
+        with Image.open(path) as image:
+            return _to_channels(image, channels, str(path))
+    except FileNotFoundError as error:
+        raise DataError(f"image file not found: {path}") from error
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise DataError(f"cannot decode image {path}: {error}. Remove or replace the file.") from error
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Sorted image files of a folder. Hidden files are ignored; any other non-image file is an error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        hint = " Set DNL_DATA_DIR to your data root or run `make data`." if not folder.exists() else ""
+        raise DataError(f"image folder does not exist or is not a folder: {folder}.{hint}")
+    files = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file()]
+    if others:
+        raise DataError(
+            f"non-image entries in image folder {folder}: {', '.join(p.name for p in others[:5])}"
+            f"{' ...' if len(others) > 5 else ''}. Move them out (accepted: {', '.join(sorted(IMAGE_SUFFIXES))})."
+        )
+    if not files:
+        raise DataError(f"image folder is empty: {folder}")
+    return files
+
+
+def load_source(source: str, channels: int = 1) -> tuple[list[str], list[np.ndarray]]:
+    """Names and uint8 (H, W, C) arrays of every image of a source (a folder or ``skimage://train|test``)."""
+    if source.startswith(EMBEDDED_SCHEME):
+        split = source[len(EMBEDDED_SCHEME):]
+        if split not in EMBEDDED_SPLITS:
+            raise DataError(f"unknown embedded split {source!r}; use one of "
+                            f"{[EMBEDDED_SCHEME + s for s in EMBEDDED_SPLITS]}")
+        names = list(EMBEDDED_SPLITS[split])
+        arrays = [_to_channels(Image.fromarray(_embedded_image(name)), channels, source) for name in names]
+        return names, arrays
+    paths = list_images(source)
+    return [p.stem for p in paths], [load_image(p, channels) for p in paths]
+
+
+class PatchSampler(Sampler):
+    """Yields ``(image, top, left, transform)`` for ``patches_per_image`` random patches of every image.
+
+    The order and positions are a pure function of (seed, epoch); Lightning calls :meth:`set_epoch`.
+    """
+
+    def __init__(self, sizes: Sequence[tuple[int, int]], patch_size: int, patches_per_image: int, seed: int = 0):
+        self.sizes = list(sizes)
+        self.patch_size = patch_size
+        self.patches_per_image = patches_per_image
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sizes) * self.patches_per_image
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        heights, widths = (torch.tensor(v) for v in zip(*self.sizes))
+        images = torch.arange(len(self.sizes)).repeat_interleave(self.patches_per_image)
+        images = images[torch.randperm(len(images), generator=generator)]
+        unit = torch.rand(len(images), 2, generator=generator)
+        tops = (unit[:, 0] * (heights[images] - self.patch_size + 1)).long()
+        lefts = (unit[:, 1] * (widths[images] - self.patch_size + 1)).long()
+        transforms = torch.randint(0, 8, (len(images),), generator=generator)
+        yield from zip(images.tolist(), tops.tolist(), lefts.tolist(), transforms.tolist())
+
+
+def dihedral(patch: np.ndarray, transform: int) -> np.ndarray:
+    """One of the 8 flips/rotations of an (H, W, C) array: ``transform // 2`` quarter turns, then a flip if odd."""
+    patch = np.rot90(patch, transform // 2, axes=(0, 1))
+    return patch[:, ::-1] if transform % 2 else patch
+
+
+class PatchDataset(Dataset):
+    """Patches of in-memory uint8 images, addressed by the tuples of a :class:`PatchSampler`.
+
+    Returns uint8 tensors (C, patch_size, patch_size); the module converts to float and adds noise on the device.
+    """
+
+    def __init__(self, images: Sequence[np.ndarray], patch_size: int):
+        small = [i for i, image in enumerate(images) if min(image.shape[:2]) < patch_size]
+        if small:
+            raise DataError(f"data.patch_size={patch_size} is larger than training image(s) {small}; lower it")
+        self.images = list(images)
+        self.patch_size = patch_size
+
+    def __len__(self) -> int:  # the sampler defines an epoch
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int, int, int]) -> torch.Tensor:
+        image, top, left, transform = key
+        patch = self.images[image][top:top + self.patch_size, left:left + self.patch_size]
+        return torch.from_numpy(dihedral(patch, transform).copy()).permute(2, 0, 1)
+
+
+class ImageSetDataset(Dataset):
+    """Full images of one named test set: ``(uint8 tensor (C, H, W), index)``."""
+
+    def __init__(self, name: str, names: Sequence[str], images: Sequence[np.ndarray], max_images: int | None = None):
+        self.name = name
+        self.names = list(names)[:max_images]
+        self.images = list(images)[:max_images]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.images[index]).permute(2, 0, 1), index
+
+
+class DenoiseDataModule(L.LightningDataModule):
+    """Training patches from image folders, validation on one named set, test on every named set.
+
+    Args:
+        train: sources of training images (folders or ``skimage://train``).
+        test_sets: set name -> source, each evaluated on full images with deterministic noise.
+        val_set: name of the test set used for validation (``val/psnr``), capped at ``val_max_images`` images.
+        channels: 1 (grey, BT.601 luma) or 3 (RGB).
+        patch_size, patches_per_image, batch_size: training patches per epoch = images x patches_per_image.
+        num_workers: DataLoader workers for training patches (crops are cheap: 0 is usually enough).
+        seed: seed of the patch sampler.
+    """
+
+    def __init__(
+        self,
+        train: Sequence[str],
+        test_sets: Mapping[str, str],
+        val_set: str | None = None,
+        val_max_images: int | None = None,
+        test_max_images: int | None = None,
+        channels: int = 1,
+        patch_size: int = 50,
+        patches_per_image: int = 128,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if isinstance(train, str):
+            train = [train]
+        if not train:
+            raise DataError("data.train must list at least one image folder")
+        if not test_sets:
+            raise DataError("data.test_sets must name at least one test set (name: folder)")
+        if val_set is not None and val_set not in test_sets:
+            raise DataError(f"data.val_set={val_set!r} is not one of data.test_sets {list(test_sets)}")
+        self.train_sources = [str(s) for s in train]
+        self.test_sources = {str(k): str(v) for k, v in test_sets.items()}
+        self.val_set = val_set
+        self.val_max_images = val_max_images
+        self.test_max_images = test_max_images
+        self.channels = channels
+        self.patch_size = patch_size
+        self.patches_per_image = patches_per_image
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self._train: PatchDataset | None = None
+        self._tests: dict[str, ImageSetDataset] = {}
+
+    @property
+    def test_set_names(self) -> list[str]:
+        return list(self.test_sources)
+
+    def _test_set(self, name: str) -> ImageSetDataset:
+        if name not in self._tests:
+            names, images = load_source(self.test_sources[name], self.channels)
+            self._tests[name] = ImageSetDataset(name, names, images, self.test_max_images)
+        return self._tests[name]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and self._train is None:
+            images = [image for source in self.train_sources for image in load_source(source, self.channels)[1]]
+            self._train = PatchDataset(images, self.patch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = PatchSampler([im.shape[:2] for im in self._train.images], self.patch_size,
+                               self.patches_per_image, self.seed)
+        return DataLoader(self._train, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        full = self._test_set(self.val_set)
+        dataset = ImageSetDataset(full.name, full.names, full.images, self.val_max_images)
+        return DataLoader(dataset, batch_size=1)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(self._test_set(name), batch_size=1) for name in self.test_set_names]

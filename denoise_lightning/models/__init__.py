@@ -1,0 +1,8 @@
+"""Denoising networks: plain ``torch.nn.Module``s mapping a noisy (N, C, H, W) image to a clean estimate.
+
+No training logic lives here; :class:`denoise_lightning.module.DenoiseModule` wraps any of them.
+"""
+
+from denoise_lightning.models.dncnn import DnCNN
+
+__all__ = ["DnCNN"]

@@ -1,0 +1,164 @@
+"""The one LightningModule: wraps any denoising network, degrades clean patches on the fly, measures PSNR/SSIM.
+
+Metrics follow the papers (SPEC section 4): PSNR per image on the output clipped to [0, 1] with data range 1,
+averaged over images (torchmetrics ``dim=(1, 2, 3)``); SSIM with the standard 11x11 Gaussian window, sigma 1.5.
+The noisy input is scored the same way (clipped to [0, 1], as it would be saved to disk).
+
+Hyper-parameters are plain values only: the network, noise and loss are stored as their ``_target_`` configs
+(dicts), so checkpoints load with ``torch.load(weights_only=True)`` and ``load_from_checkpoint(path)`` rebuilds
+everything. A network passed as an ``nn.Module`` instance is not in the hparams; pass it again when loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from denoise_lightning.noise import Degradation, deterministic_noisy
+
+
+def image_metrics() -> MetricCollection:
+    """PSNR (mean of per-image values) and SSIM on images in [0, 1]."""
+    return MetricCollection(
+        {
+            "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3), reduction="elementwise_mean"),
+            "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
+        }
+    )
+
+
+def _build(spec: Mapping | DictConfig | nn.Module) -> tuple[nn.Module, dict | None]:
+    """Object from a ``_target_`` config (returned as a plain dict for the hparams) or an instance as is."""
+    if isinstance(spec, nn.Module):
+        return spec, None
+    plain = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    return instantiate(plain), plain
+
+
+class DenoiseModule(L.LightningModule):
+    """Train / validate / test any image-to-image denoiser.
+
+    Args:
+        network: ``_target_`` config of the network, or an ``nn.Module`` mapping (N, C, H, W) -> (N, C, H, W).
+        noise: ``_target_`` config of a :class:`~denoise_lightning.noise.Degradation`, or an instance.
+        loss: ``_target_`` config of the loss ``loss(output, clean)``, or an instance (default MSE).
+        lr: Adam learning rate.
+        lr_min: final learning rate of the cosine schedule over the whole run; ``None`` keeps ``lr`` constant.
+        weight_decay: Adam weight decay.
+        channels_last: run the network in channels_last memory format (faster convolutions on CPU and GPU).
+        seed: base seed of the training noise (the generator of step ``s`` on rank ``r`` is seeded by (seed, s, r),
+            so a resumed run draws the same noise as an uninterrupted one).
+    """
+
+    def __init__(
+        self,
+        network: Mapping | nn.Module,
+        noise: Mapping | Degradation,
+        loss: Mapping | nn.Module | None = None,
+        lr: float = 1e-3,
+        lr_min: float | None = 1e-5,
+        weight_decay: float = 0.0,
+        channels_last: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.network, network_cfg = _build(network)
+        self.noise, noise_cfg = _build(noise)
+        self.loss, loss_cfg = _build(loss if loss is not None else {"_target_": "torch.nn.MSELoss"})
+        if not isinstance(self.noise, Degradation):
+            raise TypeError(f"noise must be a denoise_lightning.noise.Degradation, got {type(self.noise).__name__}")
+        hparams: dict[str, Any] = dict(lr=lr, lr_min=lr_min, weight_decay=weight_decay,
+                                       channels_last=channels_last, seed=seed)
+        for key, cfg in (("network", network_cfg), ("noise", noise_cfg), ("loss", loss_cfg)):
+            if cfg is not None:
+                hparams[key] = cfg
+        self.save_hyperparameters(hparams)
+        if channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        self.val_metrics = image_metrics()
+        self.test_metrics: dict[tuple[str, str], dict[str, MetricCollection]] = {}
+        self.test_results: dict[str, dict[str, dict[str, float]]] = {}
+
+    # ---------------------------------------------------------------- helpers
+    def _as_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) from the data module -> float in [0, 1] in the network's memory format."""
+        images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def forward(self, noisy: torch.Tensor) -> torch.Tensor:
+        return self.network(noisy)
+
+    def denoise_test_image(self, clean: torch.Tensor, set_name: str, index: int, level: dict) -> tuple:
+        """(noisy, output) of one test image at one level, both float32 clipped to [0, 1]."""
+        noisy = deterministic_noisy(self.noise, clean, set_name, index, level)
+        if self.hparams.channels_last:
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
+        output = self(noisy).float()
+        return noisy.clamp(0, 1), output.clamp(0, 1)
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        clean = self._as_input(batch)
+        seed = (self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
+        noisy = self.noise(clean, generator=torch.Generator(device=clean.device).manual_seed(seed))
+        loss = self.loss(self(noisy).float(), clean)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_min is None:
+            return {"optimizer": optimizer}
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, int(self.trainer.estimated_stepping_batches)), eta_min=self.hparams.lr_min
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---------------------------------------------------------------- validation
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        images, indices = batch
+        clean = self._as_input(images)
+        set_name = self.trainer.datamodule.val_set if self.trainer.datamodule else "val"
+        _, output = self.denoise_test_image(clean, set_name, int(indices[0]), self.noise.val_level)
+        self.val_metrics.update(output, clean.float())
+        self.log_dict({f"val/{k}": v for k, v in self.val_metrics.items()}, on_epoch=True, prog_bar=True,
+                      batch_size=clean.shape[0])
+
+    # ---------------------------------------------------------------- test
+    def on_test_epoch_start(self) -> None:
+        names = self.trainer.datamodule.test_set_names
+        self.test_metrics = {
+            (name, Degradation.level_name(level)): {"output": image_metrics().to(self.device),
+                                                    "noisy": image_metrics().to(self.device)}
+            for name in names for level in self.noise.test_levels
+        }
+
+    def test_step(self, batch: tuple, batch_idx: int, dataloader_idx: int = 0) -> None:
+        images, indices = batch
+        clean = self._as_input(images).float()
+        set_name = self.trainer.datamodule.test_set_names[dataloader_idx]
+        for level in self.noise.test_levels:
+            noisy, output = self.denoise_test_image(clean, set_name, int(indices[0]), level)
+            metrics = self.test_metrics[(set_name, Degradation.level_name(level))]
+            metrics["output"].update(output, clean)
+            metrics["noisy"].update(noisy, clean)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = {}
+        for (set_name, level_name), metrics in self.test_metrics.items():
+            output = {k: float(v) for k, v in metrics["output"].compute().items()}
+            noisy = {k: float(v) for k, v in metrics["noisy"].compute().items()}
+            row = {"psnr": output["psnr"], "ssim": output["ssim"], "psnr_noisy": noisy["psnr"],
+                   "ssim_noisy": noisy["ssim"]}
+            self.test_results.setdefault(set_name, {})[level_name] = row
+            self.log_dict({f"test/{set_name}/{level_name}/{key}": value for key, value in row.items()})

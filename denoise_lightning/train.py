@@ -1,0 +1,85 @@
+"""``dnl-train``: train a denoiser with the composed Hydra config, test it, write ``results.json``.
+
+    dnl-train                                   # the default experiment on the embedded images
+    dnl-train experiment=dncnn_s_train400       # DnCNN-S on Train400 -> BSD68 + Set12
+    python -m denoise_lightning.train trainer.max_steps=100 noise.sigma=50
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import denoise_lightning  # noqa: F401  (registers the ${dnl_precision:} resolver)
+from denoise_lightning.complexity import count_parameters, macs_per_pixel
+from denoise_lightning.results import print_results, write_results
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """Trainer with the callbacks and loggers of ``cfg`` (each a dict of ``_target_`` nodes; null entries skipped)."""
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
+    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def model_summary(module: L.LightningModule, name: str, channels: int) -> dict[str, Any]:
+    return {"name": name, "class": type(module.network).__name__, "params": count_parameters(module.network),
+            "macs_per_pixel": macs_per_pixel(module.network, channels)}
+
+
+def run_test(cfg: DictConfig, trainer: L.Trainer, module, datamodule, ckpt_path: str | None) -> dict[str, Any]:
+    """Test on every set x level and return the common part of ``results.json``."""
+    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return {
+        "model": model_summary(module, cfg.get("name") or type(module.network).__name__, datamodule.channels),
+        "noise": OmegaConf.to_container(cfg.noise, resolve=True) if cfg.get("noise") else module.hparams.get("noise"),
+        "test": module.test_results,
+        "precision": str(trainer.precision),
+        "checkpoint": ckpt_path,
+    }
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test (on the checkpoint named by ``test_ckpt``), write and return the results."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.module, _recursive_=False)
+    trainer = build_trainer(cfg)
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    train_seconds = time.perf_counter() - start
+
+    test_ckpt = cfg.get("test_ckpt")
+    if trainer.checkpoint_callback is None or trainer.fast_dev_run:
+        test_ckpt = None  # nothing was saved: test the weights in memory
+    results = run_test(cfg, trainer, module, datamodule, test_ckpt)
+    if test_ckpt in ("last", "best") and trainer.checkpoint_callback is not None:
+        callback = trainer.checkpoint_callback
+        results["checkpoint"] = callback.last_model_path if test_ckpt == "last" else callback.best_model_path
+    results.update(train_seconds=round(train_seconds, 2), global_steps=trainer.global_step,
+                   epochs=trainer.current_epoch, output_dir=str(output_dir))
+    write_results(output_dir, results)
+    if trainer.is_global_zero:
+        print_results(results)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+import pytest
+import torch
+
+from denoise_lightning.complexity import count_parameters, macs_per_pixel
+from denoise_lightning.models import DnCNN
+
+
+def test_dncnn_s_matches_the_paper_size():
+    network = DnCNN(in_channels=1, num_layers=17, channels=64)
+    assert count_parameters(network) == 556_097  # the paper's ~556K (BN shift/scale included)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in network.modules()) == 17
+    # 15 x 64*64*9 + 2 x 64*9 MACs per pixel: what FlopCounterMode must count
+    assert macs_per_pixel(network) == pytest.approx(15 * 64 * 64 * 9 + 2 * 64 * 9)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dncnn_keeps_any_size_and_learns_the_residual(channels):
+    network = DnCNN(in_channels=channels, num_layers=4, channels=8).eval()
+    noisy = torch.rand(2, channels, 37, 21)
+    with torch.no_grad():
+        out = network(noisy)
+        body = network.body(noisy)
+    assert out.shape == noisy.shape
+    torch.testing.assert_close(out, noisy - body)
+
+
+def test_dncnn_rejects_too_few_layers():
+    with pytest.raises(ValueError, match="num_layers"):
+        DnCNN(num_layers=1)
