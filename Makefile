@@ -12,7 +12,7 @@ STAMP := .make/installed
 DNL_DATA_DIR ?= $(if $(wildcard ../shared/data/test),$(abspath ../shared/data),$(abspath data))
 export DNL_DATA_DIR
 
-.PHONY: install train test test-slow test-all data lint clean
+.PHONY: install train test test-slow test-all data bench lint clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ test-all: $(STAMP)
 ## download Train400, BSD68 and Set12 into $(DNL_DATA_DIR) (checksummed, resumable, idempotent)
 data: $(STAMP)
 	$(PYTHON) -m denoise_lightning.download --root $(DNL_DATA_DIR)
+
+## timings (never pass/fail): bench/precision.json
+bench: $(STAMP)
+	$(PYTHON) benchmarks/precision.py --out bench/precision.json
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check denoise_lightning tests

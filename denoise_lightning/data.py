@@ -123,14 +123,14 @@ class PatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        heights, widths = (torch.tensor(v) for v in zip(*self.sizes))
+        heights, widths = (torch.tensor(v) for v in zip(*self.sizes, strict=True))
         images = torch.arange(len(self.sizes)).repeat_interleave(self.patches_per_image)
         images = images[torch.randperm(len(images), generator=generator)]
         unit = torch.rand(len(images), 2, generator=generator)
         tops = (unit[:, 0] * (heights[images] - self.patch_size + 1)).long()
         lefts = (unit[:, 1] * (widths[images] - self.patch_size + 1)).long()
         transforms = torch.randint(0, 8, (len(images),), generator=generator)
-        yield from zip(images.tolist(), tops.tolist(), lefts.tolist(), transforms.tolist())
+        yield from zip(images.tolist(), tops.tolist(), lefts.tolist(), transforms.tolist(), strict=True)
 
 
 def dihedral(patch: np.ndarray, transform: int) -> np.ndarray:

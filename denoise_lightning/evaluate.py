@@ -8,7 +8,6 @@ Without ``noise=...`` the checkpoint's own noise config (and so its test levels)
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -18,15 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from denoise_lightning import load_model
 from denoise_lightning.checkpoint import CheckpointError, read_checkpoint
 from denoise_lightning.module import DenoiseModule
-from denoise_lightning.results import print_results, write_results
-from denoise_lightning.train import build_trainer, run_test
+from denoise_lightning.train import build_trainer, test_and_report
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("ckpt"):
         raise CheckpointError("dnl-eval needs a checkpoint: add ckpt=PATH/TO/FILE.ckpt")
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     network = load_model(cfg.ckpt)
     noise = cfg.get("noise")
     if noise is None:
@@ -36,13 +32,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = DenoiseModule(network=network, noise=noise, **OmegaConf.to_container(cfg.module, resolve=True))
     datamodule = instantiate(cfg.data)
     trainer = build_trainer(cfg)
-    results = run_test(cfg, trainer, module, datamodule, ckpt_path=None)
-    results.update(checkpoint=str(cfg.ckpt), output_dir=str(output_dir))
-    if results["noise"] is None:
-        results["noise"] = noise
-    write_results(output_dir, results)
-    print_results(results)
-    return results
+    return test_and_report(cfg, trainer, module, datamodule, checkpoint=str(cfg.ckpt))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")

@@ -55,7 +55,8 @@ class Degradation(nn.Module):
 
     @staticmethod
     def level_name(level: Level) -> str:
-        """Readable key of a level: ``{"sigma": 25}`` -> ``sigma25``, ``{"peak": 4, "sigma": 10}`` -> ``peak4_sigma10``."""
+        """Readable key of a level: ``{"sigma": 25}`` -> ``sigma25``; ``{"peak": 4, "sigma": 10}`` -> ``peak4_sigma10``.
+        """
         return "_".join(f"{key}{value:g}" for key, value in level.items())
 
 
@@ -122,7 +123,9 @@ class GaussianNoise(Degradation):
         return f"{kind}, test_sigmas={self.test_sigmas}"
 
 
-def noise_generator(set_name: str, image_index: int, level: Level, device: torch.device | str = "cpu") -> torch.Generator:
+def noise_generator(
+    set_name: str, image_index: int, level: Level, device: torch.device | str = "cpu"
+) -> torch.Generator:
     """The generator of the test noise of one image at one level: seeded by (set, index, level) only."""
     key = f"{set_name}/{image_index}/{Degradation.level_name(level)}"
     return torch.Generator(device=device).manual_seed(zlib.crc32(key.encode()))

@@ -59,7 +59,7 @@ def print_results(results: dict[str, Any], console: Console | None = None) -> No
     """Print the test table (rows: set x level; PSNR/SSIM of noisy input and output)."""
     model = results.get("model", {})
     table = Table(title=f"{model.get('name', 'model')}: test results (PSNR dB / SSIM)")
-    for column in ("set", "level", "PSNR noisy", "PSNR output", "gain", "SSIM noisy", "SSIM output"):
+    for column in ("set", "level", "PSNR in", "PSNR out", "gain", "SSIM in", "SSIM out"):
         table.add_column(column, justify="left" if column in ("set", "level") else "right", no_wrap=True)
     for name, level, row in _rows(results):
         table.add_row(name, level, f"{row['psnr_noisy']:.2f}", f"{row['psnr']:.2f}",

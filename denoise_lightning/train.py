@@ -33,16 +33,23 @@ def model_summary(module: L.LightningModule, name: str, channels: int) -> dict[s
             "macs_per_pixel": macs_per_pixel(module.network, channels)}
 
 
-def run_test(cfg: DictConfig, trainer: L.Trainer, module, datamodule, ckpt_path: str | None) -> dict[str, Any]:
-    """Test on every set x level and return the common part of ``results.json``."""
-    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    return {
+def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, datamodule, ckpt_path: str | None = None,
+                    **extra: Any) -> dict[str, Any]:
+    """Test on every set x level, then write ``results.json`` / ``results.md`` and print the table (rank 0)."""
+    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    results = {
         "model": model_summary(module, cfg.get("name") or type(module.network).__name__, datamodule.channels),
-        "noise": OmegaConf.to_container(cfg.noise, resolve=True) if cfg.get("noise") else module.hparams.get("noise"),
+        "noise": module.hparams.get("noise"),
         "test": module.test_results,
         "precision": str(trainer.precision),
-        "checkpoint": ckpt_path,
+        "checkpoint": trainer.ckpt_path,  # the file tested; None when the weights in memory were tested
+        "output_dir": str(cfg.output_dir),
+        **extra,
     }
+    if trainer.is_global_zero:
+        write_results(cfg.output_dir, results)
+        print_results(results)
+    return results
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -64,16 +71,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     test_ckpt = cfg.get("test_ckpt")
     if trainer.checkpoint_callback is None or trainer.fast_dev_run:
         test_ckpt = None  # nothing was saved: test the weights in memory
-    results = run_test(cfg, trainer, module, datamodule, test_ckpt)
-    if test_ckpt in ("last", "best") and trainer.checkpoint_callback is not None:
-        callback = trainer.checkpoint_callback
-        results["checkpoint"] = callback.last_model_path if test_ckpt == "last" else callback.best_model_path
-    results.update(train_seconds=round(train_seconds, 2), global_steps=trainer.global_step,
-                   epochs=trainer.current_epoch, output_dir=str(output_dir))
-    write_results(output_dir, results)
-    if trainer.is_global_zero:
-        print_results(results)
-    return results
+    return test_and_report(cfg, trainer, module, datamodule, test_ckpt, train_seconds=round(train_seconds, 2),
+                           global_steps=trainer.global_step, epochs=trainer.current_epoch)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

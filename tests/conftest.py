@@ -44,5 +44,5 @@ def trained_run(tmp_path_factory):
 
     output_dir = tmp_path_factory.mktemp("trained")
     cfg = compose_config("train", output_dir, [*FAST, "model.num_layers=6", "model.channels=24",
-                                               "trainer.max_steps=150", "module.lr=2e-3"])
+                                               "trainer.max_steps=147", "module.lr=2e-3"])
     return train(cfg)

@@ -3,8 +3,17 @@ import pytest
 import torch
 from PIL import Image
 
-from denoise_lightning.data import (EMBEDDED_SPLITS, DataError, DenoiseDataModule, PatchDataset, PatchSampler,
-                                    dihedral, list_images, load_image, load_source)
+from denoise_lightning.data import (
+    EMBEDDED_SPLITS,
+    DataError,
+    DenoiseDataModule,
+    PatchDataset,
+    PatchSampler,
+    dihedral,
+    list_images,
+    load_image,
+    load_source,
+)
 
 
 def test_embedded_split_is_fixed_and_disjoint():
