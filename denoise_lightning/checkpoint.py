@@ -27,7 +27,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
 def network_from_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     """The ``network`` of a DenoiseModule checkpoint, rebuilt from its hparams, weights loaded, in eval mode."""
     checkpoint = read_checkpoint(path, map_location)
-    network_cfg = checkpoint.get("hyper_parameters", {}).get("network")
+    network_cfg = checkpoint.get("network_config") or checkpoint.get("hyper_parameters", {}).get("network")
     if network_cfg is None:
         raise CheckpointError(f"{path} has no hyper_parameters.network config: it was not written by "
                               "DenoiseModule with a network config; use DenoiseModule.load_from_checkpoint(path, "

@@ -11,7 +11,9 @@ everything. A network passed as an ``nn.Module`` instance is not in the hparams;
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -23,6 +25,12 @@ from torchmetrics import MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from denoise_lightning.noise import Degradation, deterministic_noisy
+
+
+def cosine_factor(step: int, total: int, floor: float) -> float:
+    """Learning-rate factor at ``step`` of a cosine decay from 1 to ``floor`` over ``total`` steps."""
+    progress = min(step, total) / total
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def image_metrics() -> MetricCollection:
@@ -121,13 +129,39 @@ class DenoiseModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict:
+        """Adam; cosine decay from ``lr`` to ``lr_min`` written as a function of the global step, so that an
+        optimizer rebuilt mid-run (cascade growth) or restored from a checkpoint continues at the same rate."""
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.lr_min is None:
             return {"optimizer": optimizer}
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, int(self.trainer.estimated_stepping_batches)), eta_min=self.hparams.lr_min
-        )
+        for group in optimizer.param_groups:
+            group["initial_lr"] = self.hparams.lr
+        factor = partial(cosine_factor, total=max(1, int(self.trainer.estimated_stepping_batches)),
+                         floor=self.hparams.lr_min / self.hparams.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=self.global_step - 1)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---------------------------------------------------------------- checkpoints
+    def network_config(self) -> dict | None:
+        """The ``_target_`` config of the network as it is now (a grown DNResNet records its current blocks)."""
+        config = self.hparams.get("network")
+        if config is None:
+            return None
+        config = dict(config)
+        if hasattr(self.network, "spec"):
+            config["blocks"] = list(self.network.spec)
+        return config
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["network_config"] = self.network_config()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Rebuild the network of the checkpoint's stage before its weights are loaded."""
+        saved = checkpoint.get("network_config")
+        if saved is not None and saved != self.network_config():
+            self.network = instantiate(saved).to(self.device)
+            if self.hparams.channels_last:
+                self.network.to(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: tuple, batch_idx: int) -> None:

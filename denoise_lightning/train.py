@@ -17,6 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import denoise_lightning  # noqa: F401  (registers the ${dnl_precision:} resolver)
+from denoise_lightning import load_model
+from denoise_lightning.callbacks import CascadeTraining
 from denoise_lightning.complexity import count_parameters, macs_per_pixel
 from denoise_lightning.results import print_results, write_results
 
@@ -63,6 +65,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module, _recursive_=False)
     trainer = build_trainer(cfg)
+    if cfg.get("init_from"):
+        # start from a trained network (e.g. DN-ResNet-13 for DS evolution); its architecture must match the model
+        module.network.load_state_dict(load_model(cfg.init_from).state_dict())
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -71,8 +76,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     test_ckpt = cfg.get("test_ckpt")
     if trainer.checkpoint_callback is None or trainer.fast_dev_run:
         test_ckpt = None  # nothing was saved: test the weights in memory
+    stages = [row for callback in trainer.callbacks if isinstance(callback, CascadeTraining) for row in callback.rows]
     return test_and_report(cfg, trainer, module, datamodule, test_ckpt, train_seconds=round(train_seconds, 2),
-                           global_steps=trainer.global_step, epochs=trainer.current_epoch)
+                           global_steps=trainer.global_step, epochs=trainer.current_epoch, stages=stages)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

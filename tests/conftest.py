@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import lightning as L
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -16,11 +17,11 @@ if SHARED_DATA.is_dir():
     os.environ.setdefault("DNL_DATA_DIR", str(SHARED_DATA))  # conf/data/train400.yaml reads it
 
 # A small, fast network and budget for runs in tests (real images, real training, seconds not minutes).
-FAST = [
-    "model.num_layers=5", "model.channels=16", "model.batch_norm=false",
+FAST_RUN = [
     "data.patch_size=32", "data.batch_size=16", "data.patches_per_image=8",
     "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
 ]
+FAST = ["model.num_layers=5", "model.channels=16", "model.batch_norm=false", *FAST_RUN]
 
 
 def compose_config(name: str, output_dir: Path, overrides: list[str] = ()):
@@ -46,3 +47,14 @@ def trained_run(tmp_path_factory):
     cfg = compose_config("train", output_dir, [*FAST, "model.num_layers=6", "model.channels=24",
                                                "trainer.max_steps=147", "module.lr=2e-3"])
     return train(cfg)
+
+
+class StopAfterEpoch(L.Callback):
+    """Ends fit after epoch ``epoch`` as a killed job would (its last.ckpt written), for resume tests."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONF_DIR, FAST, compose_config
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from denoise_lightning import load_model
 from denoise_lightning.evaluate import evaluate
@@ -109,6 +111,11 @@ def test_every_experiment_composes_and_runs_one_step(experiment, tmp_path):
     missing = [p for p in cfg.data.train if not p.startswith("skimage://") and not Path(p).is_dir()]
     if missing:
         pytest.skip(f"benchmark data not found: {missing} (set DNL_DATA_DIR)")
+    if OmegaConf.is_missing(cfg, "init_from"):  # DS evolution starts from a trained DN-ResNet-13: fake one
+        network_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+        state = {f"network.{k}": v for k, v in instantiate(network_cfg).state_dict().items()}
+        torch.save({"state_dict": state, "hyper_parameters": {"network": network_cfg}}, tmp_path / "init.ckpt")
+        cfg.init_from = str(tmp_path / "init.ckpt")
     results = train(cfg)
     assert results["test"] and results["global_steps"] == 1
 

@@ -1,0 +1,81 @@
+"""Residual blocks of DN-ResNet (Ren et al., ACCV 2018, Fig. 1b) and their depthwise-separable version.
+
+Both keep the spatial size ('same' padding) and the channel count, and have no batch norm and no ReLU after the
+addition, so a block whose last convolution is near zero is near the identity: that is what lets cascade training
+insert blocks without disturbing what the network has already learned.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ResBlock(nn.Module):
+    """``x + conv3x3(relu(conv3x3(x)))`` with ``channels`` -> ``channels``."""
+
+    def __init__(self, channels: int = 32) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.relu(self.conv1(x)))
+
+
+class SeparableConv(nn.Sequential):
+    """A 3x3 convolution factorised (MobileNet) into a depthwise 3x3 (groups = channels) and a pointwise 1x1:
+    M*9 + M*N MACs per pixel instead of M*9*N."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+                         nn.Conv2d(channels, channels, 1))
+
+    @property
+    def depthwise(self) -> nn.Conv2d:
+        return self[0]
+
+    @property
+    def pointwise(self) -> nn.Conv2d:
+        return self[1]
+
+    @torch.no_grad()
+    def fit_(self, conv: nn.Conv2d) -> None:
+        """Set the factors to the best approximation of a dense 3x3 ``conv`` (ours, ``init=fit``).
+
+        For each input channel m, ``W[:, m]`` (N x 9) is approximated by the rank-1 product
+        ``pointwise[:, m] x depthwise[m]``: its truncated SVD, optimal in the Frobenius norm per input channel.
+        """
+        weight = conv.weight.double()                                    # (N, M, 3, 3)
+        n_out, n_in = weight.shape[:2]
+        per_input = weight.permute(1, 0, 2, 3).reshape(n_in, n_out, 9)   # (M, N, 9)
+        u, s, vh = torch.linalg.svd(per_input, full_matrices=False)
+        scale = s[:, 0].sqrt()
+        self.depthwise.weight.copy_((vh[:, 0, :] * scale[:, None]).reshape(n_in, 1, 3, 3))
+        self.pointwise.weight.copy_((u[:, :, 0] * scale[:, None]).T.reshape(n_out, n_in, 1, 1))
+        self.pointwise.bias.copy_(conv.bias if conv.bias is not None else torch.zeros(n_out))
+
+
+class DSResBlock(nn.Module):
+    """ResBlock with each 3x3 convolution depthwise-separable (DS-DN-ResNet, paper section 3.2)."""
+
+    def __init__(self, channels: int = 32) -> None:
+        super().__init__()
+        self.conv1 = SeparableConv(channels)
+        self.conv2 = SeparableConv(channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.relu(self.conv1(x)))
+
+    @classmethod
+    def fitted_to(cls, block: ResBlock) -> DSResBlock:
+        """A DS block whose factors approximate ``block``'s dense convolutions."""
+        ds = cls(block.conv1.in_channels)
+        ds.conv1.fit_(block.conv1)
+        ds.conv2.fit_(block.conv2)
+        return ds.to(block.conv1.weight.device, block.conv1.weight.dtype)
+
+
+BLOCKS: dict[str, type[nn.Module]] = {"res": ResBlock, "ds": DSResBlock}
