@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from denoise_lightning import load_model
 from denoise_lightning.checkpoint import CheckpointError, read_checkpoint
 from denoise_lightning.module import DenoiseModule
-from denoise_lightning.train import build_trainer, test_and_report
+from denoise_lightning.train import CONF_DIR, build_trainer, test_and_report
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return test_and_report(cfg, trainer, module, datamodule, checkpoint=str(cfg.ckpt))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

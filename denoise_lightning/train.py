@@ -22,6 +22,10 @@ from denoise_lightning.callbacks import CascadeTraining
 from denoise_lightning.complexity import count_parameters, macs_per_pixel
 from denoise_lightning.results import print_results, write_results
 
+# An absolute path: a relative config_path would be read as the Python package "conf" when started through the
+# installed console script (dnl-train), which fails.
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Trainer with the callbacks and loggers of ``cfg`` (each a dict of ``_target_`` nodes; null entries skipped)."""
@@ -81,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                            global_steps=trainer.global_step, epochs=trainer.current_epoch, stages=stages)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,14 +121,15 @@ def test_every_experiment_composes_and_runs_one_step(experiment, tmp_path):
     assert results["test"] and results["global_steps"] == 1
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "denoise_lightning.train", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+def _cli(*args: str, cwd: Path, command: tuple[str, ...] = (sys.executable, "-m", "denoise_lightning.train")):
+    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_cli_trains_and_writes_results(tmp_path):
+def test_console_script_trains_and_writes_results(tmp_path):
+    script = shutil.which("dnl-train")
+    assert script, "dnl-train is not installed: run `make install`"
     done = _cli(*FAST, "model.num_layers=3", "trainer.max_steps=2", "data.test_max_images=1",
-                f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+                f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, command=(script,))
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["global_steps"] == 2
     assert "PSNR out" in done.stdout

@@ -4,5 +4,6 @@ No training logic lives here; :class:`denoise_lightning.module.DenoiseModule` wr
 """
 
 from denoise_lightning.models.dncnn import DnCNN
+from denoise_lightning.models.unet_dncnn import DUDnCNN, UDnCNN
 
-__all__ = ["DnCNN"]
+__all__ = ["DnCNN", "DUDnCNN", "UDnCNN"]
