@@ -1,6 +1,7 @@
-"""Residual blocks of DN-ResNet (Ren et al., ACCV 2018, Fig. 1b) and their depthwise-separable version.
+"""Shared network pieces: the DnCNN-family initialisation, and the residual blocks of DN-ResNet
+(Ren et al., ACCV 2018, Fig. 1b) with their depthwise-separable version.
 
-Both keep the spatial size ('same' padding) and the channel count, and have no batch norm and no ReLU after the
+The blocks keep the spatial size ('same' padding) and the channel count, and have no batch norm and no ReLU after the
 addition, so a block whose last convolution is near zero is near the identity: that is what lets cascade training
 insert blocks without disturbing what the network has already learned.
 """
@@ -9,6 +10,20 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+@torch.no_grad()
+def he_init_(network: nn.Module) -> None:
+    """He (Kaiming) normal initialisation of every convolution, zero biases; batch norm starts as the identity.
+    The initialisation of the DnCNN family (Zhang et al. 2017, and the U-family study)."""
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 class ResBlock(nn.Module):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from denoise_lightning.models.blocks import he_init_
+
 
 class DnCNN(nn.Module):
     """DnCNN denoiser.
@@ -47,15 +49,7 @@ class DnCNN(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He (Kaiming) initialisation for the ReLU convolutions, as in the reference implementation."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        he_init_(self)
 
     def forward(self, noisy: torch.Tensor) -> torch.Tensor:
         if self.residual:

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from denoise_lightning.models.blocks import he_init_
+
 SKIP_SCALE = 1.0 / math.sqrt(2.0)
 
 
@@ -73,15 +75,7 @@ class _UShapedDnCNN(nn.Module):
                 + [2 ** (poolings - 1 - i) for i in range(poolings)] + [1])
 
     def reset_parameters(self) -> None:
-        """He (Kaiming) initialisation of the convolutions; BN starts as the identity."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        he_init_(self)
 
     def _body(self, noisy: torch.Tensor) -> torch.Tensor:
         h0 = F.relu(self.head(noisy))
