@@ -24,9 +24,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
         raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
 
 
-def network_from_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
-    """The ``network`` of a DenoiseModule checkpoint, rebuilt from its hparams, weights loaded, in eval mode."""
-    checkpoint = read_checkpoint(path, map_location)
+def network_from_checkpoint(path: str | os.PathLike, map_location: str = "cpu",
+                            checkpoint: dict | None = None) -> nn.Module:
+    """The ``network`` of a DenoiseModule checkpoint, rebuilt from its hparams, weights loaded, in eval mode.
+    ``checkpoint``: the already-read contents of ``path``, to avoid reading it twice."""
+    checkpoint = checkpoint if checkpoint is not None else read_checkpoint(path, map_location)
     network_cfg = checkpoint.get("network_config") or checkpoint.get("hyper_parameters", {}).get("network")
     if network_cfg is None:
         raise CheckpointError(f"{path} has no hyper_parameters.network config: it was not written by "

@@ -14,8 +14,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from denoise_lightning import load_model
-from denoise_lightning.checkpoint import CheckpointError, read_checkpoint
+from denoise_lightning.checkpoint import CheckpointError, network_from_checkpoint, read_checkpoint
 from denoise_lightning.module import DenoiseModule
 from denoise_lightning.train import CONF_DIR, build_trainer, test_and_report
 
@@ -23,10 +22,11 @@ from denoise_lightning.train import CONF_DIR, build_trainer, test_and_report
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("ckpt"):
         raise CheckpointError("dnl-eval needs a checkpoint: add ckpt=PATH/TO/FILE.ckpt")
-    network = load_model(cfg.ckpt)
+    checkpoint = read_checkpoint(cfg.ckpt)
+    network = network_from_checkpoint(cfg.ckpt, checkpoint=checkpoint)
     noise = cfg.get("noise")
     if noise is None:
-        noise = read_checkpoint(cfg.ckpt).get("hyper_parameters", {}).get("noise")
+        noise = checkpoint.get("hyper_parameters", {}).get("noise")
         if noise is None:
             raise CheckpointError(f"{cfg.ckpt} records no noise config: choose one, e.g. noise=gaussian")
     module = DenoiseModule(network=network, noise=noise, **OmegaConf.to_container(cfg.module, resolve=True))
