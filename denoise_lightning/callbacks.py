@@ -53,10 +53,6 @@ class CascadeTraining(L.Callback):
                 return index
         return len(self.stages) - 1
 
-    @property
-    def total_epochs(self) -> int:
-        return sum(stage["epochs"] for stage in self.stages)
-
     # ---------------------------------------------------------------- hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.world_size > 1:
@@ -76,8 +72,7 @@ class CascadeTraining(L.Callback):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(pl_module.hparams.get("seed", 0) * 1_000_003 + trainer.current_epoch)
             self._transform(pl_module.network, target)
-        pl_module.network.to(memory_format=torch.channels_last if pl_module.hparams.channels_last else
-                              torch.contiguous_format)
+        pl_module.format_network()
         self._rebuild_optimizer(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -89,13 +89,17 @@ class DenoiseModule(L.LightningModule):
             if cfg is not None:
                 hparams[key] = cfg
         self.save_hyperparameters(hparams)
-        if channels_last:
-            self.network.to(memory_format=torch.channels_last)
+        self.format_network()
         self.val_metrics = image_metrics()
         self.test_metrics: dict[tuple[str, str], dict[str, MetricCollection]] = {}
         self.test_results: dict[str, dict[str, dict[str, float]]] = {}
 
     # ---------------------------------------------------------------- helpers
+    def format_network(self) -> None:
+        """Put the network (also after it was rebuilt or grown) in the configured memory format."""
+        if self.hparams.channels_last:
+            self.network.to(memory_format=torch.channels_last)
+
     def _as_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) from the data module -> float in [0, 1] in the network's memory format."""
         images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
@@ -160,8 +164,7 @@ class DenoiseModule(L.LightningModule):
         saved = checkpoint.get("network_config")
         if saved is not None and saved != self.network_config():
             self.network = instantiate(saved).to(self.device)
-            if self.hparams.channels_last:
-                self.network.to(memory_format=torch.channels_last)
+            self.format_network()
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
