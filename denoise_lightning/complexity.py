@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -24,3 +26,23 @@ def macs_per_pixel(network: nn.Module, channels: int = 1, size: int = 64) -> flo
         network(sample)
     network.train(was_training)
     return counter.get_total_flops() / 2 / (size * size)
+
+
+def receptive_field(network: nn.Module, channels: int = 1, size: int = 129, trials: int = 4) -> int:
+    """Side of the square of input pixels that can influence one output pixel, measured by backpropagation.
+
+    The gradient of the centre output pixel with respect to the input is nonzero exactly on the input pixels it
+    depends on for that input; ReLUs and max-pooling gate some paths off, so the union over a few random inputs
+    is taken. Works for any architecture (pooling, dilation, skips) without per-model bookkeeping.
+    """
+    probe = copy.deepcopy(network).float().cpu().eval()
+    generator = torch.Generator().manual_seed(0)
+    support = torch.zeros(size, size, dtype=torch.bool)
+    for _ in range(trials):
+        sample = torch.rand(1, channels, size, size, generator=generator).requires_grad_(True)
+        probe(sample)[0, :, size // 2, size // 2].sum().backward()
+        support |= sample.grad.abs().sum(dim=(0, 1)) > 0
+    rows, cols = support.any(dim=1).nonzero(), support.any(dim=0).nonzero()
+    if rows.min() == 0 or cols.min() == 0 or rows.max() == size - 1 or cols.max() == size - 1:
+        return receptive_field(network, channels, 2 * size - 1, trials)  # reached the border: probe a larger input
+    return int(max(rows.max() - rows.min(), cols.max() - cols.min())) + 1

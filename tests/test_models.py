@@ -1,8 +1,10 @@
 import pytest
 import torch
 
-from denoise_lightning.complexity import count_parameters, macs_per_pixel
+from denoise_lightning.complexity import count_parameters, macs_per_pixel, receptive_field
 from denoise_lightning.models import DnCNN
+from denoise_lightning.models.dn_resnet import DNResNet
+from denoise_lightning.models.unet_dncnn import DUDnCNN, UDnCNN
 
 
 def test_dncnn_s_matches_the_paper_size():
@@ -27,3 +29,14 @@ def test_dncnn_keeps_any_size_and_learns_the_residual(channels):
 def test_dncnn_rejects_too_few_layers():
     with pytest.raises(ValueError, match="num_layers"):
         DnCNN(num_layers=1)
+
+
+@pytest.mark.parametrize(("network", "channels", "expected"), [
+    (DnCNN(num_layers=17), 1, 35),                         # 17 3x3 convs: 2 * 17 + 1
+    (DNResNet(blocks=["res"] * 5), 1, 37),                 # 9x9 + 5x5 + 10 x 3x3 + 5x5: 1 + 8 + 4 + 20 + 4
+    (DNResNet(blocks=["ds"] * 5), 1, 37),                  # depthwise-separable blocks keep the 3x3 footprint
+    (DUDnCNN(in_channels=3), 3, 33),                       # dilations [1, 1, 2, 4, 4, 2, 1, 1]: 1 + 2 * 16
+    (UDnCNN(in_channels=3), 3, 36),                        # 3x3 at scales 1, 1, 2, 4, 4, 2, 1, 1 plus two pools
+])
+def test_receptive_field_is_measured_for_every_architecture(network, channels, expected):
+    assert receptive_field(network, channels) == expected
