@@ -11,13 +11,15 @@ Noise is drawn with the explicit ``torch.Generator`` passed in, on the device of
 Test noise is deterministic: :func:`noise_generator` seeds it from (set name, image index, level name), so
 every network and baseline sees the same noisy images in every run.
 
-Poisson and Poisson-Gaussian slot in as further subclasses of :class:`Degradation`.
+Degradations: :class:`GaussianNoise` (sigma), :class:`PoissonNoise` (peak), :class:`PoissonGaussianNoise` (both).
+Invalid levels raise ``ValueError`` at construction (Hydra instantiate time), naming the config key.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -67,6 +69,47 @@ def _per_image(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor 
     return value
 
 
+def _level_range(values: Sequence[float], key: str, positive: bool) -> tuple[float, float]:
+    """Validated ``(low, high)`` of a blind range: two numbers, ``0 <= low <= high`` (``0 < low`` if ``positive``)."""
+    if isinstance(values, Sequence) and not isinstance(values, str) and len(values) == 2:
+        low, high = float(values[0]), float(values[1])
+        if (low > 0 if positive else low >= 0) and low <= high:
+            return low, high
+    raise ValueError(f"{key} must be [low, high] with {'0 <' if positive else '0 <='} low <= high, got {values!r}")
+
+
+def _positive_peak(peak: float, key: str) -> float:
+    """``peak`` as a float, or a ``ValueError`` naming ``key`` if it is not > 0."""
+    if not peak > 0:
+        raise ValueError(f"{key} must be > 0 (photons at intensity 1; larger = less noise), got {peak}")
+    return float(peak)
+
+
+def _non_negative_sigma(sigma: float, key: str) -> float:
+    """``sigma`` as a float, or a ``ValueError`` naming ``key`` if it is negative."""
+    if not sigma >= 0:
+        raise ValueError(f"{key} must be >= 0 (0-255 scale), got {sigma}")
+    return float(sigma)
+
+
+def _uniform(low: float, high: float, batch: int, generator: torch.Generator | None,
+             device: torch.device) -> torch.Tensor:
+    """(batch,) values drawn uniformly from [low, high]."""
+    return low + (high - low) * torch.rand(batch, generator=generator, device=device)
+
+
+def _log_uniform(low: float, high: float, batch: int, generator: torch.Generator | None,
+                 device: torch.device) -> torch.Tensor:
+    """(batch,) values whose logarithm is uniform in [log low, log high] (every octave of peaks equally likely)."""
+    return torch.exp(_uniform(math.log(low), math.log(high), batch, generator, device))
+
+
+def _poisson(clean: torch.Tensor, peak: float | torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``Poisson(peak * x) / peak``: photon counts at ``peak`` photons for intensity 1, back on the [0, 1] scale."""
+    peak = _per_image(peak, clean)
+    return torch.poisson(clean.clamp(min=0) * peak, generator=generator) / peak
+
+
 class GaussianNoise(Degradation):
     """Additive white Gaussian noise ``y = x + n``, ``n ~ N(0, (sigma/255)^2)``; ``y`` is not clipped.
 
@@ -85,24 +128,18 @@ class GaussianNoise(Degradation):
         test_sigmas: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        low, high = (float(v) for v in sigma_range)
-        if sigma < 0:
-            raise ValueError(f"noise.sigma must be >= 0 (0-255 scale), got {sigma}")
-        if not 0 <= low <= high:
-            raise ValueError(f"noise.sigma_range must be [low, high] with 0 <= low <= high, got {list(sigma_range)}")
+        self.sigma = _non_negative_sigma(sigma, "noise.sigma")
+        self.blind = bool(blind)
+        self.sigma_range = _level_range(sigma_range, "noise.sigma_range", positive=False)
         if test_sigmas is not None and (len(test_sigmas) == 0 or min(test_sigmas) < 0):
             raise ValueError(f"noise.test_sigmas must be a non-empty list of sigmas >= 0, got {list(test_sigmas)}")
-        self.sigma = float(sigma)
-        self.blind = bool(blind)
-        self.sigma_range = (low, high)
         default_tests = [15.0, 25.0, 50.0] if blind else [self.sigma]
         self.test_sigmas = [float(s) for s in (test_sigmas if test_sigmas is not None else default_tests)]
 
     def sample_levels(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Level:
         if not self.blind:
             return {"sigma": self.sigma}
-        low, high = self.sigma_range
-        return {"sigma": low + (high - low) * torch.rand(batch, generator=generator, device=device)}
+        return {"sigma": _uniform(*self.sigma_range, batch, generator, device)}
 
     def apply(self, clean: torch.Tensor, level: Level, generator: torch.Generator | None) -> torch.Tensor:
         std = _per_image(level["sigma"], clean)
@@ -121,6 +158,122 @@ class GaussianNoise(Degradation):
     def extra_repr(self) -> str:
         kind = f"blind, sigma in {list(self.sigma_range)}" if self.blind else f"sigma={self.sigma:g}"
         return f"{kind}, test_sigmas={self.test_sigmas}"
+
+
+class PoissonNoise(Degradation):
+    """Poisson (shot) noise ``y = Poisson(peak * x) / peak``: mean ``x``, variance ``x / peak`` (SPEC section 1).
+
+    Args:
+        peak: photon count of intensity 1; smaller is noisier. Non-blind: the training level. Blind: the
+            validation level.
+        blind: draw the peak per training image log-uniformly from ``peak_range`` (every octave equally likely).
+        peak_range: (low, high) with 0 < low <= high, used when ``blind``.
+        test_peaks: peaks to test at; default the published ones, 1, 2, 4, 8, 30 (blind or not).
+    """
+
+    def __init__(
+        self,
+        peak: float = 4.0,
+        blind: bool = False,
+        peak_range: Sequence[float] = (1.0, 30.0),
+        test_peaks: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.peak = _positive_peak(peak, "noise.peak")
+        self.blind = bool(blind)
+        self.peak_range = _level_range(peak_range, "noise.peak_range", positive=True)
+        test_peaks = [1.0, 2.0, 4.0, 8.0, 30.0] if test_peaks is None else list(test_peaks)
+        if not test_peaks or not all(p > 0 for p in test_peaks):
+            raise ValueError(f"noise.test_peaks must be a non-empty list of peaks > 0, got {test_peaks}")
+        self.test_peaks = [float(p) for p in test_peaks]
+
+    def sample_levels(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Level:
+        if not self.blind:
+            return {"peak": self.peak}
+        return {"peak": _log_uniform(*self.peak_range, batch, generator, device)}
+
+    def apply(self, clean: torch.Tensor, level: Level, generator: torch.Generator | None) -> torch.Tensor:
+        return _poisson(clean, level["peak"], generator)
+
+    @property
+    def test_levels(self) -> list[Level]:
+        return [{"peak": p} for p in self.test_peaks]
+
+    @property
+    def val_level(self) -> Level:
+        return {"peak": self.peak}
+
+    def extra_repr(self) -> str:
+        kind = f"blind, peak log-uniform in {list(self.peak_range)}" if self.blind else f"peak={self.peak:g}"
+        return f"{kind}, test_peaks={self.test_peaks}"
+
+
+class PoissonGaussianNoise(Degradation):
+    """Poisson-Gaussian noise ``y = Poisson(peak * x) / peak + N(0, (sigma/255)^2)`` (SPEC section 1).
+
+    Mean ``x``, variance ``x / peak + (sigma/255)^2``: shot noise plus signal-independent read noise.
+
+    Args:
+        peak: photon count of intensity 1 (training level when non-blind, validation level when blind).
+        sigma: Gaussian read noise on the 0-255 scale (same roles as ``peak``).
+        blind: draw both per training image: peak log-uniform in ``peak_range``, sigma uniform in ``sigma_range``.
+        peak_range: (low, high) with 0 < low <= high.
+        sigma_range: (low, high) with 0 <= low <= high, 0-255 scale.
+        test_levels: (peak, sigma) levels to test at, as mappings ``{"peak": 4, "sigma": 10}``; default
+            (1, 10), (4, 10), (30, 25).
+    """
+
+    def __init__(
+        self,
+        peak: float = 4.0,
+        sigma: float = 10.0,
+        blind: bool = False,
+        peak_range: Sequence[float] = (1.0, 30.0),
+        sigma_range: Sequence[float] = (0.0, 50.0),
+        test_levels: Sequence[Mapping[str, float]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.peak = _positive_peak(peak, "noise.peak")
+        self.sigma = _non_negative_sigma(sigma, "noise.sigma")
+        self.blind = bool(blind)
+        self.peak_range = _level_range(peak_range, "noise.peak_range", positive=True)
+        self.sigma_range = _level_range(sigma_range, "noise.sigma_range", positive=False)
+        if test_levels is None:
+            test_levels = [{"peak": 1, "sigma": 10}, {"peak": 4, "sigma": 10}, {"peak": 30, "sigma": 25}]
+        self.test_pairs = self._test_pairs(test_levels)
+
+    @staticmethod
+    def _test_pairs(levels: Sequence[Mapping[str, float]]) -> list[tuple[float, float]]:
+        """Validated (peak, sigma) pairs of ``noise.test_levels``."""
+        levels = list(levels)
+        form = "a non-empty list of {peak: P, sigma: S}, e.g. [{peak: 4, sigma: 10}]"
+        if not levels or not all(isinstance(lv, Mapping) and set(lv) == {"peak", "sigma"} for lv in levels):
+            raise ValueError(f"noise.test_levels must be {form}, got {levels}")
+        return [(_positive_peak(lv["peak"], "noise.test_levels peak"),
+                 _non_negative_sigma(lv["sigma"], "noise.test_levels sigma")) for lv in levels]
+
+    def sample_levels(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Level:
+        if not self.blind:
+            return {"peak": self.peak, "sigma": self.sigma}
+        return {"peak": _log_uniform(*self.peak_range, batch, generator, device),
+                "sigma": _uniform(*self.sigma_range, batch, generator, device)}
+
+    def apply(self, clean: torch.Tensor, level: Level, generator: torch.Generator | None) -> torch.Tensor:
+        read_noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+        return _poisson(clean, level["peak"], generator) + read_noise * (_per_image(level["sigma"], clean) / 255.0)
+
+    @property
+    def test_levels(self) -> list[Level]:
+        return [{"peak": peak, "sigma": sigma} for peak, sigma in self.test_pairs]
+
+    @property
+    def val_level(self) -> Level:
+        return {"peak": self.peak, "sigma": self.sigma}
+
+    def extra_repr(self) -> str:
+        kind = (f"blind, peak log-uniform in {list(self.peak_range)}, sigma in {list(self.sigma_range)}"
+                if self.blind else f"peak={self.peak:g}, sigma={self.sigma:g}")
+        return f"{kind}, test_levels={[self.level_name(lv) for lv in self.test_levels]}"
 
 
 def noise_generator(
