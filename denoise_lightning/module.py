@@ -43,6 +43,13 @@ def image_metrics() -> MetricCollection:
     )
 
 
+def grid_row(metrics: Mapping[str, MetricCollection]) -> dict[str, float]:
+    """One row of the test grid from the metrics of one (set, level): ``{"output": ..., "noisy": ...}``."""
+    output = {k: float(v) for k, v in metrics["output"].compute().items()}
+    noisy = {k: float(v) for k, v in metrics["noisy"].compute().items()}
+    return {"psnr": output["psnr"], "ssim": output["ssim"], "psnr_noisy": noisy["psnr"], "ssim_noisy": noisy["ssim"]}
+
+
 def _build(spec: Mapping | DictConfig | nn.Module) -> tuple[nn.Module, dict | None]:
     """Object from a ``_target_`` config (returned as a plain dict for the hparams) or an instance as is."""
     if isinstance(spec, nn.Module):
@@ -79,6 +86,9 @@ class DenoiseModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.network, network_cfg = _build(network)
+        if not isinstance(self.network, nn.Module):
+            raise TypeError(f"model={type(self.network).__name__} is not a trainable network (a baseline?): "
+                            f"evaluate it with `dnl-eval model=... noise=...`, or train e.g. model=dn_resnet")
         self.noise, noise_cfg = _build(noise)
         self.loss, loss_cfg = _build(loss if loss is not None else {"_target_": "torch.nn.MSELoss"})
         if not isinstance(self.noise, Degradation):
@@ -200,9 +210,6 @@ class DenoiseModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.test_results = {}
         for (set_name, level_name), metrics in self.test_metrics.items():
-            output = {k: float(v) for k, v in metrics["output"].compute().items()}
-            noisy = {k: float(v) for k, v in metrics["noisy"].compute().items()}
-            row = {"psnr": output["psnr"], "ssim": output["ssim"], "psnr_noisy": noisy["psnr"],
-                   "ssim_noisy": noisy["ssim"]}
+            row = grid_row(metrics)
             self.test_results.setdefault(set_name, {})[level_name] = row
             self.log_dict({f"test/{set_name}/{level_name}/{key}": value for key, value in row.items()})

@@ -45,10 +45,17 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, dict[str, float]]]:
     return [(name, level, row) for name, levels in results["test"].items() for level, row in levels.items()]
 
 
+def heading(model: dict[str, Any]) -> str:
+    """``**name** (params, MACs/pixel)`` for a network; a baseline (no parameters) says what it was given."""
+    if model.get("params"):
+        return (f"**{model.get('name', 'model')}** ({model['params']:,} params, "
+                f"{model.get('macs_per_pixel', 0) / 1e3:.1f}K MACs/pixel)")
+    given = "true noise level given" if model.get("oracle_level") else "no parameters"
+    return f"**{model.get('name', 'model')}** (baseline, {given})"
+
+
 def markdown_table(results: dict[str, Any]) -> str:
-    model = results.get("model", {})
-    lines = [f"**{model.get('name', 'model')}** ({model.get('params', 0):,} params, "
-             f"{model.get('macs_per_pixel', 0) / 1e3:.1f}K MACs/pixel)", "",
+    lines = [heading(results.get("model", {})), "",
              "| set | level | PSNR noisy | PSNR output | SSIM noisy | SSIM output |", "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {level} | {row['psnr_noisy']:.2f} | {row['psnr']:.2f} | {row['ssim_noisy']:.4f} | "
               f"{row['ssim']:.4f} |" for name, level, row in _rows(results)]
