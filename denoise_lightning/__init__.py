@@ -14,15 +14,25 @@ __version__ = "0.1.0"
 OmegaConf.register_new_resolver("dnl_precision", default_precision, replace=True)
 
 
-def load_model(path: str | os.PathLike, map_location: str = "cpu"):
-    """The network of a ``DenoiseModule`` checkpoint, in eval mode.
+def load_model(name_or_path: str | os.PathLike, map_location: str = "cpu"):
+    """A denoising network in eval mode: from a checkpoint, a published DnCNN ``.mat`` file or a model name.
 
     The returned ``torch.nn.Module`` maps a noisy float tensor (N, C, H, W) in [0, 1] to the denoised tensor.
-    The checkpoint is read with ``weights_only=True`` (no code is executed from the file).
+    Checkpoints are read with ``weights_only=True`` (no code is executed from the file); names (``dncnn-s-sigma25``,
+    ``dncnn-b``, ...) resolve to the published weights on disk, never a download. See
+    :func:`denoise_lightning.inference.load_model`.
     """
-    from denoise_lightning.checkpoint import network_from_checkpoint
+    from denoise_lightning.inference import load_model as load
 
-    return network_from_checkpoint(path, map_location=map_location)
+    return load(name_or_path, map_location=map_location)
 
 
-__all__ = ["load_model", "__version__"]
+def denoise(image, model, sigma: float | None = None, **options):
+    """Denoise a numpy image (uint8 / uint16 / float in [0, 1], grey or RGB) in tiles; returns the same dtype.
+    See :func:`denoise_lightning.inference.denoise` for the options."""
+    from denoise_lightning.inference import denoise as run
+
+    return run(image, model, sigma=sigma, **options)
+
+
+__all__ = ["denoise", "load_model", "__version__"]
