@@ -36,16 +36,23 @@ class ResBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(self.relu(self.conv1(x)))
+        return residual_add(self.conv2(self.relu(self.conv1(x))), x)
+
+
+def residual_add(branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``branch + x``, written into ``branch`` (a convolution's fresh output, which autograd does not keep) when the
+    dtypes allow: a block output then needs no new allocation (a 512x512 activation with 32 channels is 32 MiB)."""
+    return branch.add_(x) if branch.dtype == torch.promote_types(branch.dtype, x.dtype) else branch + x
 
 
 class SeparableConv(nn.Sequential):
-    """A 3x3 convolution factorised (MobileNet) into a depthwise 3x3 (groups = channels) and a pointwise 1x1:
-    M*9 + M*N MACs per pixel instead of M*9*N."""
+    """A KxK convolution M -> N factorised (MobileNet) into a depthwise KxK (groups = M) and a pointwise 1x1 M -> N:
+    M*K*K + M*N MACs per pixel instead of M*K*K*N. ``out_channels`` defaults to ``channels``, K to 3."""
 
-    def __init__(self, channels: int) -> None:
-        super().__init__(nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-                         nn.Conv2d(channels, channels, 1))
+    def __init__(self, channels: int, out_channels: int | None = None, kernel_size: int = 3) -> None:
+        super().__init__(nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels,
+                                   bias=False),
+                         nn.Conv2d(channels, out_channels or channels, 1))
 
     @property
     def depthwise(self) -> nn.Conv2d:
@@ -57,17 +64,17 @@ class SeparableConv(nn.Sequential):
 
     @torch.no_grad()
     def fit_(self, conv: nn.Conv2d) -> None:
-        """Set the factors to the best approximation of a dense 3x3 ``conv`` (ours, ``init=fit``).
+        """Set the factors to the best approximation of a dense KxK ``conv`` (ours, ``init=fit``).
 
-        For each input channel m, ``W[:, m]`` (N x 9) is approximated by the rank-1 product
+        For each input channel m, ``W[:, m]`` (N x K*K) is approximated by the rank-1 product
         ``pointwise[:, m] x depthwise[m]``: its truncated SVD, optimal in the Frobenius norm per input channel.
         """
-        weight = conv.weight.double()                                    # (N, M, 3, 3)
-        n_out, n_in = weight.shape[:2]
-        per_input = weight.permute(1, 0, 2, 3).reshape(n_in, n_out, 9)   # (M, N, 9)
+        weight = conv.weight.double()                                         # (N, M, K, K)
+        n_out, n_in, size = weight.shape[:3]
+        per_input = weight.permute(1, 0, 2, 3).reshape(n_in, n_out, size * size)  # (M, N, K*K)
         u, s, vh = torch.linalg.svd(per_input, full_matrices=False)
         scale = s[:, 0].sqrt()
-        self.depthwise.weight.copy_((vh[:, 0, :] * scale[:, None]).reshape(n_in, 1, 3, 3))
+        self.depthwise.weight.copy_((vh[:, 0, :] * scale[:, None]).reshape(n_in, 1, size, size))
         self.pointwise.weight.copy_((u[:, :, 0] * scale[:, None]).T.reshape(n_out, n_in, 1, 1))
         self.pointwise.bias.copy_(conv.bias if conv.bias is not None else torch.zeros(n_out))
 
@@ -82,7 +89,7 @@ class DSResBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(self.relu(self.conv1(x)))
+        return residual_add(self.conv2(self.relu(self.conv1(x))), x)
 
     @classmethod
     def fitted_to(cls, block: ResBlock) -> DSResBlock:
