@@ -12,7 +12,17 @@ STAMP := .make/installed
 DNL_DATA_DIR ?= $(if $(wildcard ../shared/data/test),$(abspath ../shared/data),$(abspath data))
 export DNL_DATA_DIR
 
-.PHONY: install train test test-slow test-all data bench lint clean
+# `make sweep`: the paper grid (experiment=paper_grid*: noise type x blind x edge weight, 18 jobs) as one multirun.
+# SWEEP_BUDGET=smoke (embedded photos, 36 steps per job: minutes on a CPU) or full (Train400 -> BSD68 + Set12);
+# SWEEP_LAUNCHER=ray_local (this machine: one GPU per job, or DNL_CPUS_PER_JOB cores), ray_cluster or slurm.
+SWEEP_BUDGET ?= smoke
+SWEEP_LAUNCHER ?= ray_local
+SWEEP_EXPERIMENT = $(or $(SWEEP_EXPERIMENT_$(SWEEP_BUDGET)),$(error SWEEP_BUDGET must be smoke or full, not "$(SWEEP_BUDGET)"))
+SWEEP_EXPERIMENT_smoke := paper_grid_smoke
+SWEEP_EXPERIMENT_full := paper_grid
+NOTEBOOKS := notebooks/results.ipynb
+
+.PHONY: install train test test-slow test-all data bench lint clean sweep notebook-check notebook-clean
 
 install: $(STAMP)
 
@@ -40,11 +50,22 @@ test-all: $(STAMP)
 data: $(STAMP)
 	$(PYTHON) -m denoise_lightning.download --root $(DNL_DATA_DIR)
 
-## timings (never pass/fail): bench/precision.json
+## timings (never pass/fail; ~10 min on 2 quiet cores): bench/results.json + bench/results.md (ARGS="--no-compile" ...)
 bench: $(STAMP)
-	$(PYTHON) benchmarks/precision.py --out bench/precision.json
+	$(PYTHON) -m benchmarks.bench --out bench $(ARGS)
 
-lint: $(STAMP)
+## the paper grid as one Hydra multirun -> multirun/paper_grid*/<time>/{results.csv,sweep_summary.md} (ARGS="...")
+sweep: $(STAMP)
+	$(PYTHON) -m denoise_lightning.train -m experiment=$(SWEEP_EXPERIMENT) hydra/launcher=$(SWEEP_LAUNCHER) $(ARGS)
+
+## fail if a notebook holds outputs (notebooks are committed without them); notebook-clean strips them
+notebook-check: $(STAMP)
+	$(PYTHON) -m nbstripout --verify $(NOTEBOOKS)
+
+notebook-clean: $(STAMP)
+	$(PYTHON) -m nbstripout $(NOTEBOOKS)
+
+lint: $(STAMP) notebook-check
 	$(PYTHON) -m ruff check denoise_lightning tests
 
 clean:

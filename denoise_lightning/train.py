@@ -14,13 +14,16 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 import denoise_lightning  # noqa: F401  (registers the ${dnl_precision:} resolver)
+import denoise_lightning.sweep  # noqa: F401  (registers ${dnl_gpus_per_job:}, ${dnl_cpus_per_job:} for Ray)
 from denoise_lightning import load_model
 from denoise_lightning.callbacks import CascadeTraining
-from denoise_lightning.complexity import count_parameters, macs_per_pixel
+from denoise_lightning.complexity import count_parameters, macs_per_pixel, receptive_field
 from denoise_lightning.results import print_results, write_results
+from denoise_lightning.tracking import finish_wandb_run, log_resolved_config
 
 # An absolute path: a relative config_path would be read as the Python package "conf" when started through the
 # installed console script (dnl-train), which fails.
@@ -30,13 +33,16 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Trainer with the callbacks and loggers of ``cfg`` (each a dict of ``_target_`` nodes; null entries skipped)."""
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
+    if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false also drops ours
+        callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
 def model_summary(module: L.LightningModule, name: str, channels: int) -> dict[str, Any]:
     return {"name": name, "class": type(module.network).__name__, "params": count_parameters(module.network),
-            "macs_per_pixel": macs_per_pixel(module.network, channels)}
+            "macs_per_pixel": macs_per_pixel(module.network, channels),
+            "receptive_field": receptive_field(module.network, channels)}
 
 
 def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, datamodule, ckpt_path: str | None = None,
@@ -69,6 +75,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module, _recursive_=False)
     trainer = build_trainer(cfg)
+    log_resolved_config(trainer, cfg)
     if cfg.get("init_from"):
         # start from a trained network (e.g. DN-ResNet-13 for DS evolution); its architecture must match the model
         module.network.load_state_dict(load_model(cfg.init_from).state_dict())
@@ -87,7 +94,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    with finish_wandb_run():  # also when train fails: the next job in this process starts a new wandb run
+        train(cfg)
 
 
 if __name__ == "__main__":
