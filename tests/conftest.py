@@ -16,12 +16,13 @@ SHARED_DATA = Path(os.environ.get("DNL_DATA_DIR") or REPO_ROOT.parent / "shared"
 if SHARED_DATA.is_dir():
     os.environ.setdefault("DNL_DATA_DIR", str(SHARED_DATA))  # conf/data/train400.yaml reads it
 
-# A small, fast network and budget for runs in tests (real images, real training, seconds not minutes).
+# A small, fast network and budget for runs in tests (real images, real training, seconds not minutes): the
+# small DnCNN of experiment=embedded_dncnn, shrunk further.
 FAST_RUN = [
     "data.patch_size=32", "data.batch_size=16", "data.patches_per_image=8",
     "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
 ]
-FAST = ["model.num_layers=5", "model.channels=16", "model.batch_norm=false", *FAST_RUN]
+FAST = ["experiment=embedded_dncnn", "model.num_layers=5", "model.channels=16", "model.batch_norm=false", *FAST_RUN]
 
 
 def compose_config(name: str, output_dir: Path, overrides: list[str] = ()):
