@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ import numpy as np
 from rich.progress import Progress
 
 from denoise_lightning.noise import Level
+from denoise_lightning.results import atomic_output
 
 BM3D_MISSING = ("the BM3D baselines need the optional bm3d package: pip install 'denoise-lightning[baselines]' "
                 "(or `make install`, which installs the baselines extra)")
@@ -203,15 +203,8 @@ def timed_denoise(baseline: Baseline, noisy: np.ndarray, level: Level) -> tuple[
 
 def _write_entry(path: Path, output: np.ndarray, seconds: float) -> None:
     """Write a cache entry through a temporary file and a rename: a crash never leaves half an entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz.tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, output=output, seconds=np.float64(seconds))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as stream:
+        np.savez(stream, output=output, seconds=np.float64(seconds))
 
 
 def read_entry(path: Path) -> tuple[np.ndarray, float]:

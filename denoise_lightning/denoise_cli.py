@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,8 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from denoise_lightning.results import atomic_output
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 PIL_MODES = {"L", "LA", "RGB", "RGBA"}
@@ -138,23 +137,6 @@ def _write(stream, image: ImageFile, kind: str, jpeg_quality: int) -> None:
     else:
         options = {"quality": jpeg_quality} if kind == "JPEG" else {}
         Image.fromarray(pixels).save(stream, format=kind, **image.metadata, **options)
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block succeeds, removed when it
-    fails, so ``path`` is never half-written. The file gets the usual permissions (0666 less the umask)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def write_image(path: str | os.PathLike, image: ImageFile, jpeg_quality: int = 95) -> None:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from denoise_lightning.denoise_cli import atomic_output
+from denoise_lightning.results import atomic_output
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4

@@ -28,7 +28,6 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 
 from denoise_lightning.models.dncnn import DnCNN
+from denoise_lightning.results import atomic_output
 
 NOISE_TARGET = "denoise_lightning.noise.GaussianNoise"
 DNCNN_TARGET = "denoise_lightning.models.dncnn.DnCNN"
@@ -290,15 +290,8 @@ def save_as_checkpoint(network: nn.Module, out_path: str | os.PathLike, noise: M
                      "sha256": hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""},
     }
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_output(out_path) as tmp:
         torch.save(checkpoint, tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out_path
 
 
