@@ -23,7 +23,9 @@ class CascadeTraining(L.Callback):
     Args:
         stages: list of ``{"epochs": E, "blocks": spec}``: the network has ``spec`` for the next E epochs. Specs
             must follow each other by appending ``"res"`` blocks (cascade) or turning ``"res"`` into ``"ds"``
-            (evolution). After the last stage the last spec stays.
+            (evolution). After the last stage the last spec stays. A stage may add ``"separable_head": true``:
+            the second layer (conv5x5 64 -> 32) is then converted to a depthwise-separable one (ours, the
+            opt-in ``separable_head`` variant reached by evolution); it stays converted in later stages.
         insert_init: ``"normal"`` (paper: N(0, insert_std^2)) or ``"zero"`` (exact identity) for new blocks.
         convert_init: ``"random"`` (paper) or ``"fit"`` (ours: least-squares fit of the dense block).
 
@@ -35,10 +37,14 @@ class CascadeTraining(L.Callback):
                  convert_init: str = "random") -> None:
         if not stages:
             raise ValueError("callbacks.cascade.stages must list at least one {epochs, blocks} stage")
-        self.stages = [{"epochs": int(s["epochs"]), "blocks": list(s["blocks"])} for s in stages]
+        self.stages = [{"epochs": int(s["epochs"]), "blocks": list(s["blocks"]),
+                        "separable_head": bool(s.get("separable_head", False))} for s in stages]
         for index, stage in enumerate(self.stages):
             if stage["epochs"] < 1:
                 raise ValueError(f"callbacks.cascade.stages[{index}].epochs must be >= 1, got {stage['epochs']}")
+            if index and self.stages[index - 1]["separable_head"] and not stage["separable_head"]:
+                raise ValueError(f"callbacks.cascade.stages[{index}].separable_head: a separable head cannot be "
+                                 "turned back into a dense one; keep separable_head: true in every later stage")
         self.insert_init = insert_init
         self.insert_std = insert_std
         self.convert_init = convert_init
@@ -65,13 +71,16 @@ class CascadeTraining(L.Callback):
                 f"CascadeTraining needs a growable network (DNResNet), got {type(pl_module.network).__name__}")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        target = self.stages[self.stage_at(trainer.current_epoch)]["blocks"]
-        if pl_module.network.spec == target:
+        stage = self.stages[self.stage_at(trainer.current_epoch)]
+        target, head = stage["blocks"], stage["separable_head"]
+        if pl_module.network.spec == target and (not head or pl_module.network.separable_head):
             return
         # new weights come from a generator seeded by (seed, epoch): a resumed run grows exactly the same blocks
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(pl_module.hparams.get("seed", 0) * 1_000_003 + trainer.current_epoch)
             self._transform(pl_module.network, target)
+            if head and not pl_module.network.separable_head:
+                pl_module.network.convert_head(init=self.convert_init)
         pl_module.format_network()
         self._rebuild_optimizer(trainer)
 
@@ -120,7 +129,8 @@ class CascadeTraining(L.Callback):
         network = pl_module.network
         metrics = trainer.callback_metrics
         return {"stage": stage, "epoch": trainer.current_epoch, "global_step": trainer.global_step,
-                "conv_layers": network.num_layers, "blocks": network.spec, "params": count_parameters(network),
+                "conv_layers": network.num_layers, "blocks": network.spec,
+                "separable_head": network.separable_head, "params": count_parameters(network),
                 "macs_per_pixel": macs_per_pixel(network, network.tail.out_channels),
                 "val_psnr": float(metrics["val/psnr"]) if "val/psnr" in metrics else None,
                 "val_ssim": float(metrics["val/ssim"]) if "val/ssim" in metrics else None}

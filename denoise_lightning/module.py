@@ -164,6 +164,8 @@ class DenoiseModule(L.LightningModule):
         config = dict(config)
         if hasattr(self.network, "spec"):
             config["blocks"] = list(self.network.spec)
+        if getattr(self.network, "separable_head", False):  # evolved during training (CascadeTraining)
+            config["separable_head"] = True
         return config
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -139,3 +139,33 @@ def test_short_cascade_on_real_images_improves_from_first_to_last_stage(tmp_path
     assert rows[-1]["val_psnr"] > rows[0]["val_psnr"]
     assert rows[0]["params"] < rows[1]["params"] < rows[2]["params"]
     assert results["test"]["embedded"]["sigma25"]["psnr"] > results["test"]["embedded"]["sigma25"]["psnr_noisy"]
+
+
+def test_head_evolution_is_recorded_and_rebuilt_from_the_checkpoint(tmp_path, camera):
+    """DS evolution of the 5x5 head layer: the fit starts near the dense head, and the checkpoint's network config
+    records ``separable_head`` so that load_model rebuilds the evolved network."""
+    stages = "[{epochs:1,blocks:[ds]},{epochs:1,blocks:[ds],separable_head:true}]"
+    result = train(compose_config("train", tmp_path, [
+        *FAST_RUN, "~experiment", "model=dn_resnet", "model.head_channels=16", "model.channels=8", "model.blocks=[ds]",
+        "+callbacks.cascade._target_=denoise_lightning.callbacks.CascadeTraining",
+        "+callbacks.cascade.convert_init=fit", f"+callbacks.cascade.stages={stages}", "data.patches_per_image=4",
+        "trainer.max_steps=-1", "trainer.max_epochs=2", "data.val_max_images=1", "data.test_max_images=1"]))
+    assert [row["separable_head"] for row in result["stages"]] == [False, True]
+    network = load_model(result["checkpoint"])
+    assert network.separable_head and network.spec == ["ds"]
+    assert count_parameters(network) == result["stages"][-1]["params"]
+
+    torch.manual_seed(0)
+    dense = DNResNet(blocks=["res"]).eval()
+    with torch.no_grad():
+        reference = dense(camera)
+        fitted, random = DNResNet(blocks=["res"]).eval(), DNResNet(blocks=["res"]).eval()
+        for copy in (fitted, random):
+            copy.load_state_dict(dense.state_dict())
+        fitted.convert_head(init="fit")
+        random.convert_head(init="random")
+        assert (fitted(camera) - reference).pow(2).mean() < 0.5 * (random(camera) - reference).pow(2).mean()
+    with pytest.raises(ValueError, match="already"):
+        fitted.convert_head()
+    with pytest.raises(ValueError, match="separable_head"):
+        CascadeTraining([{"epochs": 1, "blocks": [], "separable_head": True}, {"epochs": 1, "blocks": []}])

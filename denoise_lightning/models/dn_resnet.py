@@ -50,6 +50,11 @@ class DNResNet(nn.Module):
         return ["ds" if isinstance(block, DSResBlock) else "res" for block in self.body]
 
     @property
+    def separable_head(self) -> bool:
+        """Whether the second layer (conv5x5 64 -> 32) is depthwise-separable (the opt-in variant)."""
+        return isinstance(self.head[2], SeparableConv)
+
+    @property
     def num_layers(self) -> int:
         """Conv layers counted as in the paper (a DS conv pair counts as one layer)."""
         return 3 + 2 * len(self.body)
@@ -98,3 +103,19 @@ class DNResNet(nn.Module):
             raise ValueError(f"convert_block init must be 'random' or 'fit', got {init!r}")
         self.body[index] = ds
         return ds
+
+    @torch.no_grad()
+    def convert_head(self, init: str = "random") -> nn.Module:
+        """Replace the second layer (conv5x5 64 -> 32) by a depthwise-separable one (DS evolution of the head,
+        ours); returns it. ``init`` as in :meth:`convert_block`."""
+        dense = self.head[2]
+        if not isinstance(dense, nn.Conv2d):
+            raise ValueError("the head is already depthwise-separable")
+        separable = SeparableConv(dense.in_channels, dense.out_channels, kernel_size=dense.kernel_size[0])
+        separable = separable.to(dense.weight.device, dense.weight.dtype)
+        if init == "fit":
+            separable.fit_(dense)
+        elif init != "random":
+            raise ValueError(f"convert_head init must be 'random' or 'fit', got {init!r}")
+        self.head[2] = separable
+        return separable
