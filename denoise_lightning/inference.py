@@ -192,10 +192,10 @@ def tile_multiple(network: nn.Module) -> int:
 def receptive_radius(network: nn.Module) -> int:
     """An upper bound on how far (pixels) an output pixel sees into the input, derived from the layers.
 
-    A network may state it as a ``receptive_radius`` attribute. Otherwise: the sum over its convolutions of
-    ``dilation * (kernel - 1) / 2`` (exact for chains and residual blocks: DnCNN-17 gives 17, DN-ResNet with
-    ``b`` ResBlocks 4 + 2 + 2b + 2, DUDnCNN-8 16); for a pooled U-net (UDnCNN) every convolution is counted at
-    the coarsest scale 2^poolings, plus 2^poolings per pooling and unpooling.
+    A network may state it as a ``receptive_radius`` attribute (UDnCNN and DUDnCNN do: 19 and 16 for 8 layers).
+    Otherwise: the sum over its convolutions of ``dilation * (kernel - 1) / 2`` (exact for chains and residual
+    blocks: DnCNN-17 gives 17, DN-ResNet with ``b`` ResBlocks 4 + 2 + 2b + 2); for an unknown pooled U-net every
+    convolution is counted at the coarsest scale 2^poolings, plus 2^poolings per pooling and unpooling.
     """
     stated = getattr(network, "receptive_radius", None)
     if stated is not None:

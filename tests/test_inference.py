@@ -77,10 +77,29 @@ def test_receptive_radius_bounds_how_far_a_pixel_reaches(network, tight):
         assert reach == radius
 
 
+def test_udncnn_radius_holds_at_every_pooling_phase():
+    """The pooled bound is hand-derived (cell alignment): probe every position within a 4x4 pooling cell."""
+    network = UDnCNN(channels=8, batch_norm=False).double().eval()
+    radius, size, worst = receptive_radius(network), 64, 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        noisy = torch.rand(1, 1, size, size, dtype=torch.float64)
+        for offset in range(4):
+            centre = 28 + offset
+            moved = noisy.clone()
+            moved[..., centre, centre] += 1.0
+            with torch.no_grad():
+                changed = torch.nonzero((network(noisy) - network(moved))[0, 0].abs() > 0)
+            worst = max(worst, int((changed - centre).abs().max()))
+    assert 17 <= worst <= radius
+
+
 def test_receptive_radius_of_the_paper_networks():
     assert receptive_radius(DnCNN(num_layers=17)) == 17
     assert receptive_radius(DNResNet(blocks=["res"] * 5)) == 4 + 2 + 2 * 5 + 2
     assert receptive_radius(DNResNet(blocks=["ds"] * 5)) == 18
+    assert receptive_radius(DUDnCNN()) == 16
+    assert receptive_radius(UDnCNN()) == 19  # a bound: the measured receptive field is 36x36 (radius 18)
 
 
 def test_tiled_equals_whole_image_on_a_real_photo(model, camera):

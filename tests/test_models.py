@@ -40,3 +40,11 @@ def test_dncnn_rejects_too_few_layers():
 ])
 def test_receptive_field_is_measured_for_every_architecture(network, channels, expected):
     assert receptive_field(network, channels) == expected
+
+
+def test_receptive_field_is_the_architecture_not_the_trained_weights():
+    """A ResBlock whose first ReLU is dead (as happens in trained networks) must not shrink the reported field."""
+    network = DNResNet(blocks=["res"])
+    with torch.no_grad():
+        network.body[0].conv1.bias.fill_(-1e3)
+    assert receptive_field(network) == 1 + 8 + 4 + 4 + 4

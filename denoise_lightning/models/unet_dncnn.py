@@ -74,6 +74,18 @@ class _UShapedDnCNN(nn.Module):
         return ([1] + [2 ** i for i in range(poolings)] + [2 ** poolings] * bottom
                 + [2 ** (poolings - 1 - i) for i in range(poolings)] + [1])
 
+    @property
+    def receptive_radius(self) -> int:
+        """How far (pixels) an output pixel can see into the input (used by tiled inference as its margin).
+
+        Each 3x3 conv at scale s (dilation s, or s = 2^poolings at that depth of the pooled graph) reaches s pixels,
+        and each unpooling to scale 2^k adds up to 2^(k-1) pixels of pooling-cell alignment: DUDnCNN-8 16,
+        UDnCNN-8 16 + 1 + 2 = 19, reached by a single-pixel perturbation at some pooling phases (the field of
+        the centre pixel measured by ``complexity.receptive_field``, 36x36, is one phase).
+        """
+        scales = self.layer_dilations(len(self.dilations))
+        return sum(scales) + (2 ** self.num_poolings - 1 if self.pooled else 0)
+
     def reset_parameters(self) -> None:
         he_init_(self)
 
