@@ -37,8 +37,8 @@ def receptive_field(network: nn.Module, channels: int = 1, size: int = 129, tria
     (dead units; a trained DN-ResNet-13 measured 33 instead of 37). Max-pooling still selects one pixel per cell,
     so the union over a few random inputs is taken, and the field depends on where the pixel sits in the pooling
     grid: this measures the centre pixel (UDnCNN-8: 36), while other phases reach up to 19 pixels on a side (the
-    bound that tiled inference uses, ``UDnCNN.receptive_radius``). Works for any architecture (pooling, dilation, skips) without
-    per-model bookkeeping; the result is a property of the architecture, not of the weights.
+    bound that tiled inference uses, ``UDnCNN.receptive_radius``). Works for any architecture (pooling, dilation,
+    skips) without per-model bookkeeping; the result is a property of the architecture, not of the weights.
     """
     probe = copy.deepcopy(network).float().cpu().eval()
     weights = torch.Generator().manual_seed(1)

@@ -64,3 +64,32 @@ def camera_crop() -> torch.Tensor:
     import skimage.data
 
     return torch.from_numpy(skimage.data.camera()[200:264, 200:264]).float().div(255)[None, None]
+
+
+def test_checkpoint_latency_writes_its_table(tmp_path):
+    """benchmarks.checkpoints times trained checkpoints (here a DN-ResNet and a grey UDnCNN) on a real image."""
+    from denoise_lightning.import_dncnn import noise_config, save_as_checkpoint
+    from denoise_lightning.models.unet_dncnn import UDnCNN
+
+    runs = []
+    for name, network, target in [("dn_resnet", DNResNet(blocks=["ds"], channels=8, head_channels=8),
+                                   {"_target_": "denoise_lightning.models.dn_resnet.DNResNet", "blocks": ["ds"],
+                                    "channels": 8, "head_channels": 8}),
+                                  ("udncnn", UDnCNN(channels=8),
+                                   {"_target_": "denoise_lightning.models.unet_dncnn.UDnCNN", "channels": 8})]:
+        runs.append(save_as_checkpoint(network.eval(), tmp_path / f"{name}.ckpt", noise_config(sigma=25),
+                                       network_config=target))
+    image = tmp_path / "camera.png"
+    import skimage
+    from PIL import Image
+    Image.fromarray(skimage.data.camera()[:100, :124]).save(image)
+    subprocess.run([sys.executable, "-m", "benchmarks.checkpoints", *map(str, runs), "--image", str(image),
+                    "--repeats", "2", "--out", str(tmp_path / "out")], cwd=REPO_ROOT, check=True,
+                   capture_output=True, text=True)
+    rows = json.loads((tmp_path / "out" / "checkpoints.json").read_text())
+    assert [r["name"] for r in rows] == ["dn_resnet", "udncnn"]
+    assert all(r["ms"] > 0 and r["image"] == "camera.png 124x100" for r in rows)
+    from denoise_lightning.complexity import count_parameters
+    assert rows[0]["params"] == count_parameters(DNResNet(blocks=["ds"], channels=8, head_channels=8))
+    assert rows[1]["receptive_field"] == 36
+    assert "| udncnn | UDnCNN |" in (tmp_path / "out" / "checkpoints.md").read_text()
