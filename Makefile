@@ -66,7 +66,7 @@ notebook-clean: $(STAMP)
 	$(PYTHON) -m nbstripout $(NOTEBOOKS)
 
 lint: $(STAMP) notebook-check
-	$(PYTHON) -m ruff check denoise_lightning tests
+	$(PYTHON) -m ruff check denoise_lightning tests benchmarks
 
 clean:
 	rm -rf .make outputs multirun .pytest_cache
