@@ -22,6 +22,7 @@ from benchmarks.bench import inference_calls, round_robin
 from denoise_lightning import load_model
 from denoise_lightning.complexity import count_parameters, macs_per_pixel, receptive_field
 from denoise_lightning.data import load_image
+from denoise_lightning.inference import input_channels
 from denoise_lightning.results import atomic_output
 from denoise_lightning.speed import retain_freed_memory
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     networks, rows = {}, []
     for run in args.runs:
         network = load_model(checkpoint_path(run))
-        channels = next(m for m in network.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+        channels = input_channels(network)
         name = run.name if run.is_dir() else run.stem
         networks[name] = (network, channels)
     by_channels: dict[int, dict[str, torch.nn.Module]] = {}

@@ -72,15 +72,13 @@ class CascadeTraining(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         stage = self.stages[self.stage_at(trainer.current_epoch)]
-        target, head = stage["blocks"], stage["separable_head"]
-        if pl_module.network.spec == target and (not head or pl_module.network.separable_head):
+        convert_head = stage["separable_head"] and not pl_module.network.separable_head
+        if pl_module.network.spec == stage["blocks"] and not convert_head:
             return
         # new weights come from a generator seeded by (seed, epoch): a resumed run grows exactly the same blocks
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(pl_module.hparams.get("seed", 0) * 1_000_003 + trainer.current_epoch)
-            self._transform(pl_module.network, target)
-            if head and not pl_module.network.separable_head:
-                pl_module.network.convert_head(init=self.convert_init)
+            self._transform(pl_module.network, stage["blocks"], convert_head)
         pl_module.format_network()
         self._rebuild_optimizer(trainer)
 
@@ -98,7 +96,7 @@ class CascadeTraining(L.Callback):
         self.rows = list(state_dict.get("rows", []))
 
     # ---------------------------------------------------------------- work
-    def _transform(self, network, target: list[str]) -> None:
+    def _transform(self, network, target: list[str], convert_head: bool = False) -> None:
         current = network.spec
         if len(target) > len(current) and target[:len(current)] == current and set(target[len(current):]) == {"res"}:
             network.insert_blocks(len(target) - len(current), init=self.insert_init, std=self.insert_std)
@@ -111,6 +109,8 @@ class CascadeTraining(L.Callback):
             raise MisconfigurationException(
                 f"CascadeTraining cannot turn blocks {current} into {target}: a stage may only append 'res' blocks "
                 "or convert 'res' blocks to 'ds'")
+        if convert_head:
+            network.convert_head(init=self.convert_init)
 
     @staticmethod
     def _rebuild_optimizer(trainer: L.Trainer) -> None:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from denoise_lightning.inference import input_channels, tile_multiple
 from denoise_lightning.results import atomic_output
 
 FORMATS = ("onnx", "torchscript")
@@ -61,15 +62,13 @@ class AlignedInput(nn.Module):
 
 
 def _exportable(network: nn.Module) -> nn.Module:
-    from denoise_lightning.inference import tile_multiple
-
     network = network.float().cpu().eval()
     multiple = tile_multiple(network)
     return AlignedInput(network, multiple).eval() if multiple > 1 else network
 
 
 def _example(network: nn.Module) -> torch.Tensor:
-    in_channels = next(m for m in network.modules() if isinstance(m, nn.Conv2d)).in_channels
+    in_channels = input_channels(network)
     return torch.rand(2, in_channels, EXAMPLE_SIZE, EXAMPLE_SIZE, generator=torch.Generator().manual_seed(0))
 
 
@@ -133,7 +132,7 @@ def reference_input(network: nn.Module, height: int = 97, width: int = 131) -> n
     to ``height`` x ``width``, as float32 (1, C, H, W)."""
     import skimage.data
 
-    in_channels = next(m for m in network.modules() if isinstance(m, nn.Conv2d)).in_channels
+    in_channels = input_channels(network)
     photo = skimage.data.camera()[..., None] if in_channels == 1 else skimage.data.astronaut()
     if photo.shape[2] != in_channels:
         raise ExportError(f"no reference photograph with {in_channels} channels to check the export")

@@ -179,33 +179,29 @@ def check_noise(model: nn.Module, noise: str | None = None, sigma: float | None 
 
 
 # ---------------------------------------------------------------- receptive field and tiles
-def _poolings(network: nn.Module) -> int:
-    """Number of 2x2 poolings of a U-net that pools (``pooled`` and ``num_poolings``, as UDnCNN), else 0."""
-    return int(getattr(network, "num_poolings", 0)) if getattr(network, "pooled", False) else 0
+def input_channels(network: nn.Module) -> int:
+    """Image channels a network takes: those of its first convolution."""
+    return next(m for m in network.modules() if isinstance(m, nn.Conv2d)).in_channels
 
 
 def tile_multiple(network: nn.Module) -> int:
-    """Tile origins must be multiples of this for exact tiling: 2^poolings for a pooled U-net, else 1."""
-    return int(getattr(network, "tile_multiple", 2 ** _poolings(network)))
+    """Tile origins must be multiples of this for exact tiling: a network's ``tile_multiple`` (a pooled U-net
+    states 2^poolings), else 1."""
+    return int(getattr(network, "tile_multiple", 1))
 
 
 def receptive_radius(network: nn.Module) -> int:
     """An upper bound on how far (pixels) an output pixel sees into the input, derived from the layers.
 
-    A network may state it as a ``receptive_radius`` attribute (UDnCNN and DUDnCNN do: 19 and 16 for 8 layers).
-    Otherwise: the sum over its convolutions of ``dilation * (kernel - 1) / 2`` (exact for chains and residual
-    blocks: DnCNN-17 gives 17, DN-ResNet with ``b`` ResBlocks 4 + 2 + 2b + 2); for an unknown pooled U-net every
-    convolution is counted at the coarsest scale 2^poolings, plus 2^poolings per pooling and unpooling.
+    A network may state it as a ``receptive_radius`` attribute (the U-nets do: UDnCNN-8 19 with its pooling-cell
+    alignment, DUDnCNN-8 16). Otherwise: the sum over its convolutions of ``dilation * (kernel - 1) / 2``, exact for
+    chains and residual blocks (DnCNN-17 gives 17, DN-ResNet with ``b`` ResBlocks 4 + 2 + 2b + 2).
     """
     stated = getattr(network, "receptive_radius", None)
     if stated is not None:
         return int(stated)
-    radius = 0
-    for module in network.modules():
-        if isinstance(module, nn.Conv2d):
-            radius += max(d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size, strict=True))
-    poolings = _poolings(network)
-    return 2 ** poolings * (radius + 2 * poolings)
+    return sum(max(d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size, strict=True))
+               for module in network.modules() if isinstance(module, nn.Conv2d))
 
 
 @dataclass(frozen=True)
@@ -324,7 +320,7 @@ def denoise(image: np.ndarray, model: nn.Module, sigma: float | None = None, noi
     alpha = planes.shape[2] in (2, 4)
     colour = planes[:, :, :-1] if alpha else planes
     parameter = _parameter(model)
-    in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    in_channels = input_channels(model)
     if in_channels not in (1, colour.shape[2]):
         raise ValueError(f"a model with {in_channels} input channels cannot denoise an image with "
                          f"{colour.shape[2]} colour channel(s): use a grey model or an RGB image")

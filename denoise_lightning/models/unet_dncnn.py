@@ -75,6 +75,12 @@ class _UShapedDnCNN(nn.Module):
                 + [2 ** (poolings - 1 - i) for i in range(poolings)] + [1])
 
     @property
+    def tile_multiple(self) -> int:
+        """Tiles of an image must start at multiples of this for tiled inference to be exact: 2^poolings when
+        pooling (the pooling grid must line up), else 1."""
+        return 2 ** self.num_poolings if self.pooled else 1
+
+    @property
     def receptive_radius(self) -> int:
         """How far (pixels) an output pixel can see into the input (used by tiled inference as its margin).
 
@@ -133,7 +139,7 @@ class UDnCNN(_UShapedDnCNN):
         super().__init__(in_channels, num_layers, channels, batch_norm, residual)
 
     def forward(self, noisy: torch.Tensor) -> torch.Tensor:
-        multiple = 2 ** self.num_poolings
+        multiple = self.tile_multiple
         height, width = noisy.shape[-2:]
         pad_h, pad_w = -height % multiple, -width % multiple
         if not pad_h and not pad_w:
