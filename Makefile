@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 
 ## train the default experiment on the embedded images (ARGS="..." for Hydra overrides)
 train: $(STAMP)
-	$(PYTHON) -m denoise_lightning.train $(ARGS)
+	$(PYTHON) -m denoise_lightning.training.train $(ARGS)
 
 ## the fast test suite (no slow tests)
 test: $(STAMP)
@@ -48,7 +48,7 @@ test-all: $(STAMP)
 
 ## download Train400, BSD68 and Set12 into $(DNL_DATA_DIR) (checksummed, resumable, idempotent)
 data: $(STAMP)
-	$(PYTHON) -m denoise_lightning.download --root $(DNL_DATA_DIR)
+	$(PYTHON) -m denoise_lightning.datasets.download --root $(DNL_DATA_DIR)
 
 ## timings (never pass/fail; ~10 min on 2 quiet cores): bench/results.json + bench/results.md (ARGS="--no-compile" ...)
 bench: $(STAMP)
@@ -56,7 +56,7 @@ bench: $(STAMP)
 
 ## the paper grid as one Hydra multirun -> multirun/paper_grid*/<time>/{results.csv,sweep_summary.md} (ARGS="...")
 sweep: $(STAMP)
-	$(PYTHON) -m denoise_lightning.train -m experiment=$(SWEEP_EXPERIMENT) hydra/launcher=$(SWEEP_LAUNCHER) $(ARGS)
+	$(PYTHON) -m denoise_lightning.training.train -m experiment=$(SWEEP_EXPERIMENT) hydra/launcher=$(SWEEP_LAUNCHER) $(ARGS)
 
 ## fail if a notebook holds outputs (notebooks are committed without them); notebook-clean strips them
 notebook-check: $(STAMP)

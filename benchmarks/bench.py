@@ -29,13 +29,13 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.precision import bsd68_precision, data_root
 from benchmarks.report import write_report
-from denoise_lightning.complexity import count_parameters, macs_per_pixel
-from denoise_lightning.data import DenoiseDataModule, load_image, load_source
+from denoise_lightning.degradations.noise import GaussianNoise, deterministic_noisy
 from denoise_lightning.hardware import cpu_has_fast_bf16
-from denoise_lightning.module import DenoiseModule
-from denoise_lightning.noise import GaussianNoise, deterministic_noisy
-from denoise_lightning.speed import optimize_for_inference, retain_freed_memory
-from denoise_lightning.train import CONF_DIR
+from denoise_lightning.inference.speed import optimize_for_inference, retain_freed_memory
+from denoise_lightning.models.complexity import count_parameters, macs_per_pixel
+from denoise_lightning.training.data import DenoiseDataModule, load_image, load_source
+from denoise_lightning.training.module import DenoiseModule
+from denoise_lightning.training.train import CONF_DIR
 
 SIGMA = 25.0
 REFERENCE = "DnCNN-S"
@@ -257,7 +257,8 @@ def data_pipeline(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     datamodule = DenoiseDataModule(train=[source], test_sets={"unused": source}, patch_size=args.patch_size,
                                    batch_size=args.batch_size, patches_per_image=128 if not args.quick else 2)
     config = {"_target_": "denoise_lightning.models.dn_resnet.DNResNet", "blocks": ["res"] * 5}
-    module = DenoiseModule(config, {"_target_": "denoise_lightning.noise.GaussianNoise", "sigma": SIGMA}, lr=1e-4)
+    noise = {"_target_": "denoise_lightning.degradations.noise.GaussianNoise", "sigma": SIGMA}
+    module = DenoiseModule(config, noise, lr=1e-4)
     timer = DataWait()
     trainer = L.Trainer(max_steps=args.pipeline_steps, accelerator="cpu", precision="32-true", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

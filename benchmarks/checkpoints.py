@@ -20,11 +20,11 @@ import torch
 
 from benchmarks.bench import inference_calls, round_robin
 from denoise_lightning import load_model
-from denoise_lightning.complexity import count_parameters, macs_per_pixel, receptive_field
-from denoise_lightning.data import load_image
-from denoise_lightning.inference import input_channels
-from denoise_lightning.results import atomic_output
-from denoise_lightning.speed import retain_freed_memory
+from denoise_lightning.files import atomic_output
+from denoise_lightning.inference.speed import retain_freed_memory
+from denoise_lightning.inference.tiling import input_channels
+from denoise_lightning.models.complexity import count_parameters, macs_per_pixel, receptive_field
+from denoise_lightning.training.data import load_image
 
 
 def checkpoint_path(path: Path) -> Path:

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from denoise_lightning.data import list_images, load_image
-from denoise_lightning.import_dncnn import read_matconvnet_dncnn
-from denoise_lightning.noise import GaussianNoise, deterministic_noisy
-from denoise_lightning.results import atomic_write_text
-from denoise_lightning.speed import optimize_for_inference
+from denoise_lightning.degradations.noise import GaussianNoise, deterministic_noisy
+from denoise_lightning.files import atomic_write_text
+from denoise_lightning.inference.speed import optimize_for_inference
+from denoise_lightning.training.data import list_images, load_image
+from denoise_lightning.zoo.import_dncnn import read_matconvnet_dncnn
 
 SIGMA = 25.0
 VARIANTS = {"batch norm in bf16 (dncnn_s25_bnorm.mat)": "dncnn_s25_bnorm.mat",

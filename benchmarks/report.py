@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from denoise_lightning.results import atomic_write_text
+from denoise_lightning.files import atomic_write_text
 
 TARGET_TRAINING = 400.0      # patches/s, DN-ResNet-13, 50x50, batch 64
 TARGET_DNR_VS_DNCNN = 3.5    # DN-ResNet-13 speed-up over DnCNN-S, one image

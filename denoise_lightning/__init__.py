@@ -20,17 +20,17 @@ def load_model(name_or_path: str | os.PathLike, map_location: str = "cpu"):
     The returned ``torch.nn.Module`` maps a noisy float tensor (N, C, H, W) in [0, 1] to the denoised tensor.
     Checkpoints are read with ``weights_only=True`` (no code is executed from the file); names (``dncnn-s-sigma25``,
     ``dncnn-b``, ...) resolve to the published weights on disk, never a download. See
-    :func:`denoise_lightning.inference.load_model`.
+    :func:`denoise_lightning.zoo.registry.load_model`.
     """
-    from denoise_lightning.inference import load_model as load
+    from denoise_lightning.zoo.registry import load_model as load
 
     return load(name_or_path, map_location=map_location)
 
 
 def denoise(image, model, sigma: float | None = None, **options):
     """Denoise a numpy image (uint8 / uint16 / float in [0, 1], grey or RGB) in tiles; returns the same dtype.
-    See :func:`denoise_lightning.inference.denoise` for the options."""
-    from denoise_lightning.inference import denoise as run
+    See :func:`denoise_lightning.inference.tiling.denoise` for the options."""
+    from denoise_lightning.inference.tiling import denoise as run
 
     return run(image, model, sigma=sigma, **options)
 

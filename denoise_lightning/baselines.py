@@ -2,10 +2,11 @@
 Poisson-Gaussian noise (SPEC sections 1 and 5).
 
 A baseline is non-blind: ``baseline.denoise(noisy, level)`` maps one noisy image, an (H, W, C) float64 array on
-the [0, 1] scale exactly as :mod:`denoise_lightning.noise` makes it (not clipped), and its true level (a test level
-of ``noise.py``: ``{"sigma": 25}``, ``{"peak": 4}``, ``{"peak": 4, "sigma": 10}``) to an estimate of the clean
-image of the same shape. :func:`denoise_cached` runs a baseline over many images in a process pool and keeps every
-output on disk, keyed by (baseline version, set, level, image, noisy-image digest), so a rerun costs nothing.
+the [0, 1] scale exactly as :mod:`denoise_lightning.degradations.noise` makes it (not clipped), and its true level
+(a test level of ``noise.py``: ``{"sigma": 25}``, ``{"peak": 4}``, ``{"peak": 4, "sigma": 10}``) to an estimate of
+the clean image of the same shape. :func:`denoise_cached` runs a baseline over many images in a process pool and
+keeps every output on disk, keyed by (baseline version, set, level, image, noisy-image digest), so a rerun costs
+nothing.
 
 Poisson noise is stabilised before BM3D (Makitalo & Foi): with counts ``z = peak * y`` (our noisy image is
 ``y = Poisson(peak * x) / peak``), the generalized Anscombe transform ``f(z) = 2 sqrt(z + 3/8 + sigma_c^2)`` makes
@@ -32,8 +33,8 @@ from types import ModuleType
 import numpy as np
 from rich.progress import Progress
 
-from denoise_lightning.noise import Level
-from denoise_lightning.results import atomic_output
+from denoise_lightning.degradations.noise import Level
+from denoise_lightning.files import atomic_output
 
 BM3D_MISSING = ("the BM3D baselines need the optional bm3d package: pip install 'denoise-lightning[baselines]' "
                 "(or `make install`, which installs the baselines extra)")

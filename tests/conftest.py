@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
+CONF_DIR = REPO_ROOT / "denoise_lightning" / "conf"
 SHARED_DATA = Path(os.environ.get("DNL_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
 if SHARED_DATA.is_dir():
     os.environ.setdefault("DNL_DATA_DIR", str(SHARED_DATA))  # conf/data/train400.yaml reads it
@@ -42,7 +42,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """One short training run of a small DnCNN on the embedded photos (sigma 25); returns its results dict."""
-    from denoise_lightning.train import train
+    from denoise_lightning.training.train import train
 
     output_dir = tmp_path_factory.mktemp("trained")
     cfg = compose_config("train", output_dir, [*FAST, "model.num_layers=6", "model.channels=24",

@@ -15,9 +15,9 @@ from denoise_lightning.baselines import (
     import_bm3d,
     inverse_generalized_anscombe,
 )
-from denoise_lightning.data import load_image
-from denoise_lightning.module import image_metrics
-from denoise_lightning.noise import GaussianNoise, PoissonGaussianNoise, PoissonNoise, deterministic_noisy
+from denoise_lightning.degradations.noise import GaussianNoise, PoissonGaussianNoise, PoissonNoise, deterministic_noisy
+from denoise_lightning.training.data import load_image
+from denoise_lightning.training.module import image_metrics
 
 
 def psnr(output: np.ndarray, clean: torch.Tensor) -> float:

@@ -1,5 +1,5 @@
 """The benchmark runs end to end and writes its files (``--quick``: tiny inputs; no timing is ever asserted), and the
-inference speed-ups of ``denoise_lightning.speed`` keep the function of real trained weights."""
+inference speed-ups of ``denoise_lightning.inference.speed`` keep the function of real trained weights."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from denoise_lightning.import_dncnn import read_matconvnet_dncnn
+from denoise_lightning.inference.speed import fold_batch_norm, optimize_for_inference
 from denoise_lightning.models.dn_resnet import DNResNet
-from denoise_lightning.speed import fold_batch_norm, optimize_for_inference
+from denoise_lightning.zoo.import_dncnn import read_matconvnet_dncnn
 
 
 def test_quick_benchmark_writes_every_section(tmp_path):
@@ -68,8 +68,8 @@ def camera_crop() -> torch.Tensor:
 
 def test_checkpoint_latency_writes_its_table(tmp_path):
     """benchmarks.checkpoints times trained checkpoints (here a DN-ResNet and a grey UDnCNN) on a real image."""
-    from denoise_lightning.import_dncnn import noise_config, save_as_checkpoint
     from denoise_lightning.models.unet_dncnn import UDnCNN
+    from denoise_lightning.zoo.import_dncnn import noise_config, save_as_checkpoint
 
     runs = []
     for name, network, target in [("dn_resnet", DNResNet(blocks=["ds"], channels=8, head_channels=8),
@@ -89,7 +89,7 @@ def test_checkpoint_latency_writes_its_table(tmp_path):
     rows = json.loads((tmp_path / "out" / "checkpoints.json").read_text())
     assert [r["name"] for r in rows] == ["dn_resnet", "udncnn"]
     assert all(r["ms"] > 0 and r["image"] == "camera.png 124x100" for r in rows)
-    from denoise_lightning.complexity import count_parameters
+    from denoise_lightning.models.complexity import count_parameters
     assert rows[0]["params"] == count_parameters(DNResNet(blocks=["ds"], channels=8, head_channels=8))
     assert rows[1]["receptive_field"] == 36
     assert "| udncnn | UDnCNN |" in (tmp_path / "out" / "checkpoints.md").read_text()

@@ -10,12 +10,12 @@ from conftest import FAST_RUN, compose_config
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from denoise_lightning import load_model
-from denoise_lightning.callbacks import CascadeTraining
-from denoise_lightning.complexity import count_parameters, macs_per_pixel
-from denoise_lightning.data import load_source
+from denoise_lightning.models.complexity import count_parameters, macs_per_pixel
 from denoise_lightning.models.dn_resnet import DNResNet
-from denoise_lightning.module import DenoiseModule
-from denoise_lightning.train import train
+from denoise_lightning.training.callbacks import CascadeTraining
+from denoise_lightning.training.data import load_source
+from denoise_lightning.training.module import DenoiseModule
+from denoise_lightning.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_cascade_rejects_impossible_transitions():
 
 STAGES = "[{epochs:1,blocks:[]},{epochs:2,blocks:[res]},{epochs:1,blocks:[res,res]}]"
 CASCADE = [*FAST_RUN, "~experiment", "model=dn_resnet", "model.head_channels=16", "model.channels=8",
-           "+callbacks.cascade._target_=denoise_lightning.callbacks.CascadeTraining",
+           "+callbacks.cascade._target_=denoise_lightning.training.callbacks.CascadeTraining",
            f"+callbacks.cascade.stages={STAGES}", "data.patches_per_image=4", "trainer.max_steps=-1",
            "data.val_max_images=1", "data.test_max_images=1", "module.lr=1e-3", "module.lr_min=1e-4"]
 
@@ -130,7 +130,7 @@ def test_killed_and_resumed_cascade_equals_an_uninterrupted_one(tmp_path):
 def test_short_cascade_on_real_images_improves_from_first_to_last_stage(tmp_path):
     results = train(compose_config("train", tmp_path, [
         *FAST_RUN, "~experiment", "model=dn_resnet",
-        "+callbacks.cascade._target_=denoise_lightning.callbacks.CascadeTraining",
+        "+callbacks.cascade._target_=denoise_lightning.training.callbacks.CascadeTraining",
         "+callbacks.cascade.stages=[{epochs:2,blocks:[]},{epochs:2,blocks:[res]},{epochs:2,blocks:[res,res]}]",
         "data.patches_per_image=6", "trainer.max_steps=-1", "trainer.max_epochs=6", "data.val_max_images=1",
         "data.test_max_images=1", "module.lr=2e-3", "module.lr_min=null", "test_ckpt=best"]))
@@ -147,7 +147,7 @@ def test_head_evolution_is_recorded_and_rebuilt_from_the_checkpoint(tmp_path, ca
     stages = "[{epochs:1,blocks:[ds]},{epochs:1,blocks:[ds],separable_head:true}]"
     result = train(compose_config("train", tmp_path, [
         *FAST_RUN, "~experiment", "model=dn_resnet", "model.head_channels=16", "model.channels=8", "model.blocks=[ds]",
-        "+callbacks.cascade._target_=denoise_lightning.callbacks.CascadeTraining",
+        "+callbacks.cascade._target_=denoise_lightning.training.callbacks.CascadeTraining",
         "+callbacks.cascade.convert_init=fit", f"+callbacks.cascade.stages={stages}", "data.patches_per_image=4",
         "trainer.max_steps=-1", "trainer.max_epochs=2", "data.val_max_images=1", "data.test_max_images=1"]))
     assert [row["separable_head"] for row in result["stages"]] == [False, True]

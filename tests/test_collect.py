@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from denoise_lightning.collect import collect, main
+from denoise_lightning.sweeps.collect import collect, main
 
 pytest_plugins = ["sweep_fixtures"]
 

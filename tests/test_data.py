@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from denoise_lightning.data import (
+from denoise_lightning.training.data import (
     EMBEDDED_SPLITS,
     DataError,
     DenoiseDataModule,

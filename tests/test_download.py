@@ -1,4 +1,4 @@
-"""Tests for ``denoise_lightning.download`` without any network access.
+"""Tests for ``denoise_lightning.datasets.download`` without any network access.
 
 A zip laid out like the DnCNN GitHub archive is built in a temporary folder from the
 local copy of the data, and the downloader is pointed at it with ``file://`` URL
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from denoise_lightning.download import DownloadError, archive_path, download, load_manifest
+from denoise_lightning.datasets.download import DownloadError, archive_path, download, load_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DNL_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -236,7 +236,7 @@ def test_unreachable_url_raises_download_error(tmp_path):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "denoise_lightning.download", *args],
+    return subprocess.run([sys.executable, "-m", "denoise_lightning.datasets.download", *args],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 

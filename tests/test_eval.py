@@ -13,9 +13,9 @@ from PIL import Image
 
 import denoise_lightning.baselines as baselines
 from denoise_lightning.baselines import BM3D, read_entry
-from denoise_lightning.data import load_image
-from denoise_lightning.evaluate import evaluate
-from denoise_lightning.noise import PoissonNoise, deterministic_noisy
+from denoise_lightning.degradations.noise import PoissonNoise, deterministic_noisy
+from denoise_lightning.training.data import load_image
+from denoise_lightning.training.evaluate import evaluate
 
 QUIET = ["trainer.enable_progress_bar=false"]
 

@@ -9,9 +9,9 @@ import skimage.data
 import torch
 
 from denoise_lightning import load_model
-from denoise_lightning.export import main
-from denoise_lightning.import_dncnn import noise_config, save_as_checkpoint
+from denoise_lightning.inference.export import main
 from denoise_lightning.models.unet_dncnn import UDnCNN
+from denoise_lightning.zoo.import_dncnn import noise_config, save_as_checkpoint
 
 
 def run_exported(path, format: str, noisy: np.ndarray) -> np.ndarray:

@@ -18,12 +18,12 @@ from conftest import compose_config
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from denoise_lightning import load_model
-from denoise_lightning.data import list_images, load_image
-from denoise_lightning.evaluate import evaluate
-from denoise_lightning.import_dncnn import MatConvNetFormatError, main, read_matconvnet_dncnn
+from denoise_lightning.degradations.noise import GaussianNoise, deterministic_noisy
 from denoise_lightning.models.dncnn import DnCNN
-from denoise_lightning.module import DenoiseModule
-from denoise_lightning.noise import GaussianNoise, deterministic_noisy
+from denoise_lightning.training.data import list_images, load_image
+from denoise_lightning.training.evaluate import evaluate
+from denoise_lightning.training.module import DenoiseModule
+from denoise_lightning.zoo.import_dncnn import MatConvNetFormatError, main, read_matconvnet_dncnn
 
 # Mean PSNR of the imported DnCNN-S sigma 25 on BSD68 test001..test003 (sorted folder, indices 0-2, the images the
 # full run scores first: 25.93, 30.24, 30.09 dB), recorded once in fp32.

@@ -16,10 +16,8 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
 from denoise_lightning import denoise, load_model
-from denoise_lightning.denoise_cli import main, read_image
-from denoise_lightning.import_dncnn import noise_config, save_as_checkpoint
-from denoise_lightning.inference import (
-    ModelNotFoundError,
+from denoise_lightning.inference.cli import main, read_image
+from denoise_lightning.inference.tiling import (
     NoiseLevelWarning,
     NoiseMismatchError,
     check_noise,
@@ -28,6 +26,8 @@ from denoise_lightning.inference import (
 from denoise_lightning.models.dn_resnet import DNResNet
 from denoise_lightning.models.dncnn import DnCNN
 from denoise_lightning.models.unet_dncnn import DUDnCNN, UDnCNN
+from denoise_lightning.zoo.import_dncnn import noise_config, save_as_checkpoint
+from denoise_lightning.zoo.registry import ModelNotFoundError
 
 SIGMA = 25.0
 
@@ -264,7 +264,7 @@ def test_24_megapixel_image_stays_under_2_gb(tmp_path):
     save_as_checkpoint(network, tmp_path / "dn_resnet13.ckpt", noise_config(sigma=SIGMA), network_config=config)
     script = textwrap.dedent(f"""
         import resource, sys
-        from denoise_lightning.denoise_cli import main
+        from denoise_lightning.inference.cli import main
         try:
             main([{str(tmp_path / 'big.png')!r}, "-o", {str(tmp_path / 'out')!r},
                   "--model", {str(tmp_path / 'dn_resnet13.ckpt')!r}])

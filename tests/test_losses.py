@@ -8,9 +8,9 @@ from hydra.utils import instantiate
 from kornia.color import rgb_to_grayscale
 from torch.nn import functional as F
 
-from denoise_lightning.data import load_source
-from denoise_lightning.losses import EdgeAwareLoss
-from denoise_lightning.train import train
+from denoise_lightning.training.data import load_source
+from denoise_lightning.training.losses import EdgeAwareLoss
+from denoise_lightning.training.train import train
 
 EDGES = ["sobel", "canny"]
 
@@ -108,7 +108,8 @@ def test_blind_poisson_run_with_the_edge_loss(tmp_path):
                                              "data.val_max_images=1"])
     results = train(cfg)
     assert results["global_steps"] == 1
-    assert results["noise"]["_target_"] == "denoise_lightning.noise.PoissonNoise" and results["noise"]["blind"]
+    assert results["noise"]["_target_"] == "denoise_lightning.degradations.noise.PoissonNoise"
+    assert results["noise"]["blind"]
     rows = results["test"]["embedded"]
     assert list(rows) == ["peak1", "peak2", "peak4", "peak8", "peak30"]
     psnr_noisy = [row["psnr_noisy"] for row in rows.values()]

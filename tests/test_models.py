@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from denoise_lightning.complexity import count_parameters, macs_per_pixel, receptive_field
 from denoise_lightning.models import DnCNN
+from denoise_lightning.models.complexity import count_parameters, macs_per_pixel, receptive_field
 from denoise_lightning.models.dn_resnet import DNResNet
 from denoise_lightning.models.unet_dncnn import DUDnCNN, UDnCNN
 

@@ -10,14 +10,14 @@ import torch
 from conftest import FAST, compose_config
 from hydra.utils import instantiate
 
-from denoise_lightning.data import load_source
-from denoise_lightning.noise import (
+from denoise_lightning.degradations.noise import (
     Degradation,
     GaussianNoise,
     PoissonGaussianNoise,
     PoissonNoise,
     deterministic_noisy,
 )
+from denoise_lightning.training.data import load_source
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_poisson_gaussian_test_levels_are_set_from_the_command_line(tmp_path):
 
 
 def test_dnl_train_rejects_a_bad_peak_naming_the_key(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "denoise_lightning.train", *FAST, "trainer.max_steps=1",
+    done = subprocess.run([sys.executable, "-m", "denoise_lightning.training.train", *FAST, "trainer.max_steps=1",
                            "noise=poisson", "noise.peak=-1", f"hydra.run.dir={tmp_path}/run"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0

@@ -18,9 +18,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from PIL import Image
 
-from denoise_lightning import sweep
-from denoise_lightning.collect import expected_jobs
-from denoise_lightning.tracking import finish_wandb_run
+from denoise_lightning.sweeps import status as sweep
+from denoise_lightning.sweeps.collect import expected_jobs
+from denoise_lightning.training.tracking import finish_wandb_run
 
 pytest_plugins = ["sweep_fixtures"]  # the session's one tiny sweep, shared with test_collect.py, test_notebook.py
 

@@ -15,9 +15,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from denoise_lightning import load_model
-from denoise_lightning.evaluate import evaluate
-from denoise_lightning.module import DenoiseModule
-from denoise_lightning.train import train
+from denoise_lightning.training.evaluate import evaluate
+from denoise_lightning.training.module import DenoiseModule
+from denoise_lightning.training.train import train
 
 
 def test_short_training_on_real_images_denoises(trained_run):
@@ -121,7 +121,7 @@ def test_every_experiment_composes_and_runs_one_step(experiment, tmp_path):
     assert results["test"] and results["global_steps"] == 1
 
 
-def _cli(*args: str, cwd: Path, command: tuple[str, ...] = (sys.executable, "-m", "denoise_lightning.train")):
+def _cli(*args: str, cwd: Path, command: tuple[str, ...] = (sys.executable, "-m", "denoise_lightning.training.train")):
     return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 

@@ -12,10 +12,10 @@ from hydra.utils import instantiate
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from denoise_lightning import load_model
-from denoise_lightning.data import load_source
+from denoise_lightning.degradations.noise import GaussianNoise, deterministic_noisy
 from denoise_lightning.models import DnCNN, DUDnCNN, UDnCNN
-from denoise_lightning.noise import GaussianNoise, deterministic_noisy
-from denoise_lightning.train import train
+from denoise_lightning.training.data import load_source
+from denoise_lightning.training.train import train
 
 
 def _count(network: torch.nn.Module) -> int:

@@ -1,0 +1,1 @@
+"""Benchmark data sets: the checksummed download behind ``make data``."""

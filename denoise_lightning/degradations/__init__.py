@@ -1,0 +1,1 @@
+"""Degradations: what turns a clean image into the network's input (noise models), one small class each."""

@@ -1,0 +1,1 @@
+"""Training and evaluation: the data module, the LightningModule, losses, callbacks, the dnl-train / dnl-eval apps."""

@@ -1,0 +1,136 @@
+"""``dnl-eval``: evaluate a trained checkpoint or a classical baseline on every test set x level, write
+``results.json`` / ``results.md`` (rows: set x level; columns: PSNR/SSIM of the noisy input and of the output).
+
+    dnl-eval ckpt=outputs/.../checkpoints/last.ckpt data=train400
+    dnl-eval ckpt=model.ckpt data=train400 noise=gaussian noise.blind=true   # test levels 15, 25, 50
+    dnl-eval model=bm3d noise=gaussian noise.test_sigmas=[15,25,50] data=train400 sets=[bsd68]
+    dnl-eval model=bm3d noise=poisson noise.test_peaks=[1,4,30] data=train400
+
+Without ``noise=...`` a checkpoint's own noise config (and so its test levels) is used. Both paths see the same
+deterministic noisy images (:func:`~denoise_lightning.degradations.noise.deterministic_noisy`) and score them with
+the same torchmetrics code (:func:`~denoise_lightning.training.module.image_metrics`,
+:func:`~denoise_lightning.training.module.grid_row`).
+A baseline is given the true noise level (``model.oracle_level`` in results.json); it runs in a process pool over
+images and keeps its outputs under ``cache_dir``, so a rerun only recomputes the metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from denoise_lightning.baselines import Baseline, Job, cache_path, denoise_cached
+from denoise_lightning.degradations.noise import Degradation, deterministic_noisy
+from denoise_lightning.training.module import DenoiseModule, grid_row, image_metrics
+from denoise_lightning.training.results import print_results, write_results
+from denoise_lightning.training.train import CONF_DIR, build_trainer, test_and_report
+from denoise_lightning.zoo.checkpoint import CheckpointError, network_from_checkpoint, read_checkpoint
+
+
+def select_sets(cfg: DictConfig) -> None:
+    """Keep only the test sets named by ``sets`` (all of ``data.test_sets`` when null)."""
+    if not cfg.get("sets"):
+        return
+    available = dict(cfg.data.test_sets)
+    unknown = [name for name in cfg.sets if name not in available]
+    if unknown:
+        raise ValueError(f"sets={list(cfg.sets)}: {unknown} not in data.test_sets {list(available)}")
+    cfg.data.test_sets = {name: available[name] for name in cfg.sets}
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+    """Test a network checkpoint through the Lightning test loop."""
+    checkpoint = read_checkpoint(cfg.ckpt)
+    network = network_from_checkpoint(cfg.ckpt, checkpoint=checkpoint)
+    noise = cfg.get("noise")
+    if noise is None:
+        noise = checkpoint.get("hyper_parameters", {}).get("noise")
+        if noise is None:
+            raise CheckpointError(f"{cfg.ckpt} records no noise config: choose one, e.g. noise=gaussian")
+    module = DenoiseModule(network=network, noise=noise, **OmegaConf.to_container(cfg.module, resolve=True))
+    datamodule = instantiate(cfg.data)
+    trainer = build_trainer(cfg)
+    return test_and_report(cfg, trainer, module, datamodule, checkpoint=str(cfg.ckpt))
+
+
+def evaluate_baseline(cfg: DictConfig) -> dict[str, Any]:
+    """Run the baseline ``cfg.model`` at the true level on every test image x level (cached), then score it."""
+    if cfg.get("noise") is None:
+        raise ValueError("a baseline needs a noise model: add noise=gaussian, noise=poisson or noise=poisson_gaussian")
+    baseline = instantiate(cfg.model)
+    noise: Degradation = instantiate(cfg.noise)
+    datamodule = instantiate(cfg.data)
+    levels = noise.test_levels
+    cells: list[tuple[str, str, list[torch.Tensor], list[torch.Tensor]]] = []  # (set, level, clean, noisy)
+    jobs: list[Job] = []
+    for set_name, loader in zip(datamodule.test_set_names, datamodule.test_dataloader(), strict=True):
+        images = [(images.float() / 255.0, int(index[0])) for images, index in loader]
+        for level in levels:
+            level_name = Degradation.level_name(level)
+            noisy = [deterministic_noisy(noise, clean, set_name, index, level) for clean, index in images]
+            cells.append((set_name, level_name, [clean for clean, _ in images], noisy))
+            for (_, index), image in zip(images, noisy, strict=True):
+                array = image[0].permute(1, 2, 0).numpy()
+                path = cache_path(cfg.cache_dir, baseline, set_name, level_name, index,
+                                  loader.dataset.names[index], array)
+                jobs.append(Job(array, level, path))
+    outputs = iter(denoise_cached(baseline, jobs, cfg.get("workers"), description=baseline.method(levels[0])))
+
+    test: dict[str, dict[str, dict[str, float]]] = {}
+    seconds: list[float] = []
+    for set_name, level_name, cleans, noisies in cells:
+        metrics = {"output": image_metrics(), "noisy": image_metrics()}
+        for clean, noisy in zip(cleans, noisies, strict=True):
+            output, time_taken = next(outputs)
+            seconds.append(time_taken)
+            # scored exactly as DenoiseModule.denoise_test_image + test_step score a network (SPEC section 4)
+            metrics["output"].update(torch.from_numpy(output).permute(2, 0, 1)[None].clamp(0, 1), clean)
+            metrics["noisy"].update(noisy.clamp(0, 1), clean)
+        test.setdefault(set_name, {})[level_name] = grid_row(metrics)
+
+    method = baseline.method(levels[0])
+    results = {
+        "model": {"name": cfg.get("name") or f"{method}, true level given", "class": type(baseline).__name__,
+                  "method": method, "params": 0, "macs_per_pixel": 0, "oracle_level": baseline.oracle_level,
+                  "config": OmegaConf.to_container(cfg.model, resolve=True)},
+        "noise": OmegaConf.to_container(cfg.noise, resolve=True),
+        "test": test,
+        "seconds_per_image": round(float(np.mean(seconds)), 3),  # one process per image, as first computed
+        "cache_dir": str(Path(cfg.cache_dir).expanduser() / baseline.cache_key),
+        "checkpoint": None,
+        "output_dir": str(cfg.output_dir),
+    }
+    write_results(cfg.output_dir, results)
+    print_results(results)
+    return results
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``ckpt=...`` (a network) or ``model=...`` (a baseline such as bm3d) over the test grid."""
+    has_model, has_ckpt = cfg.get("model") is not None, bool(cfg.get("ckpt"))
+    if has_model == has_ckpt:
+        raise ValueError("dnl-eval evaluates either a checkpoint (ckpt=PATH/TO/FILE.ckpt) or a baseline "
+                              f"(model=bm3d){', not both' if has_model else ''}")
+    select_sets(cfg)
+    if has_ckpt:
+        return evaluate_checkpoint(cfg)
+    target = cfg.model.get("_target_", "")
+    if not issubclass(hydra.utils.get_class(target), Baseline):
+        raise ValueError(f"model={target} is a network: train it with dnl-train and evaluate its checkpoint with "
+                         "ckpt=PATH; dnl-eval model=... takes a baseline such as model=bm3d")
+    return evaluate_baseline(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

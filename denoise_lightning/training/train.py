@@ -1,0 +1,102 @@
+"""``dnl-train``: train a denoiser with the composed Hydra config, test it, write ``results.json``.
+
+    dnl-train                                   # the default experiment on the embedded images
+    dnl-train experiment=dncnn_s_train400       # DnCNN-S on Train400 -> BSD68 + Set12
+    python -m denoise_lightning.training.train trainer.max_steps=100 noise.sigma=50
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+import denoise_lightning  # noqa: F401  (registers the ${dnl_precision:} resolver)
+import denoise_lightning.sweeps.status  # noqa: F401  (registers ${dnl_gpus_per_job:}, ${dnl_cpus_per_job:} for Ray)
+from denoise_lightning import load_model
+from denoise_lightning.models.complexity import count_parameters, macs_per_pixel, receptive_field
+from denoise_lightning.training.callbacks import CascadeTraining
+from denoise_lightning.training.results import print_results, write_results
+from denoise_lightning.training.tracking import finish_wandb_run, log_resolved_config
+
+# An absolute path: a relative config_path would be read as the Python package "conf" when started through the
+# installed console script (dnl-train), which fails.
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """Trainer with the callbacks and loggers of ``cfg`` (each a dict of ``_target_`` nodes; null entries skipped)."""
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
+    if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false also drops ours
+        callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
+    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def model_summary(module: L.LightningModule, name: str, channels: int) -> dict[str, Any]:
+    return {"name": name, "class": type(module.network).__name__, "params": count_parameters(module.network),
+            "macs_per_pixel": macs_per_pixel(module.network, channels),
+            "receptive_field": receptive_field(module.network, channels)}
+
+
+def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, datamodule, ckpt_path: str | None = None,
+                    **extra: Any) -> dict[str, Any]:
+    """Test on every set x level, then write ``results.json`` / ``results.md`` and print the table (rank 0)."""
+    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    results = {
+        "model": model_summary(module, cfg.get("name") or type(module.network).__name__, datamodule.channels),
+        "noise": module.hparams.get("noise"),
+        "test": module.test_results,
+        "precision": str(trainer.precision),
+        "checkpoint": trainer.ckpt_path,  # the file tested; None when the weights in memory were tested
+        "output_dir": str(cfg.output_dir),
+        **extra,
+    }
+    if trainer.is_global_zero:
+        write_results(cfg.output_dir, results)
+        print_results(results)
+    return results
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test (on the checkpoint named by ``test_ckpt``), write and return the results."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.module, _recursive_=False)
+    trainer = build_trainer(cfg)
+    log_resolved_config(trainer, cfg)
+    if cfg.get("init_from"):
+        # start from a trained network (e.g. DN-ResNet-13 for DS evolution); its architecture must match the model
+        module.network.load_state_dict(load_model(cfg.init_from).state_dict())
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    train_seconds = time.perf_counter() - start
+
+    test_ckpt = cfg.get("test_ckpt")
+    if trainer.checkpoint_callback is None or trainer.fast_dev_run:
+        test_ckpt = None  # nothing was saved: test the weights in memory
+    stages = [row for callback in trainer.callbacks if isinstance(callback, CascadeTraining) for row in callback.rows]
+    return test_and_report(cfg, trainer, module, datamodule, test_ckpt, train_seconds=round(train_seconds, 2),
+                           global_steps=trainer.global_step, epochs=trainer.current_epoch, stages=stages)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    with finish_wandb_run():  # also when train fails: the next job in this process starts a new wandb run
+        train(cfg)
+
+
+if __name__ == "__main__":
+    main()
