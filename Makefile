@@ -1,13 +1,40 @@
 # denoise-lightning: the two set-up commands are `make train` and `make test` (both install on first use).
-PYTHON ?= python3
+
+# Where it installs and runs: the active virtualenv ($VIRTUAL_ENV), else the interpreter given as PYTHON=..., else
+# the project's own .venv, created on first use (`make distclean` removes it).
+VENV := .venv
+BOOTSTRAP_PYTHON ?= python3
+ifneq ($(VIRTUAL_ENV),)
+PYTHON ?= $(VIRTUAL_ENV)/bin/python
+else
+PYTHON ?= $(VENV)/bin/python
+endif
+PIP := $(PYTHON) -m pip
+# That environment's bin/ first on PATH: recipes and tests find its console scripts (dnl-train) unactivated.
+PYTHON_BIN := $(if $(findstring /,$(PYTHON)),$(abspath $(dir $(PYTHON))))
+export PATH := $(if $(PYTHON_BIN),$(PYTHON_BIN):)$(PATH)
+# Install stamps, one folder per environment; a venv's pyvenv.cfg is rewritten when the venv is (re)created, so a new
+# environment is installed anew.
+STAMPS := .make/$(subst /,_,$(abspath $(PYTHON)))
+ENV_CONFIG := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/pyvenv.cfg,$(wildcard $(PYTHON_BIN)/../pyvenv.cfg))
+
 # torch is installed before the package so pip never resolves it to another build.
 # Here torch==2.13.0 is a local CPU wheel. Elsewhere pick the wheel index for your hardware, e.g.
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu      (CPU only, small)
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cu124    (NVIDIA GPU)
+# A TORCH_SPEC other than the lock's torch needs `make lock` first.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= baselines,dev
-STAMP := .make/installed
+# Every other version is pinned by the lock, given to pip as a *constraints* file (-c): it fixes the version of what
+# gets installed and installs nothing itself, so a CPU torch wheel keeps its own (absent) CUDA dependencies.
+# The lock is for CPython 3.11 on Linux x86_64; elsewhere `make install LOCK=` installs without it.
+LOCK_FILE := requirements/lock.txt
+LOCK ?= $(LOCK_FILE)
+CONSTRAINTS := $(if $(LOCK),-c $(LOCK))
+# install: the dependencies + baselines (bm3d: free for non-commercial use only, see its licence);
+# install-dev: + dev (pytest, ruff, the sweep launchers, the notebook and ONNX export tools).
+EXTRAS ?= baselines
+DEV_EXTRAS ?= $(EXTRAS),dev
 # Benchmark data root: $DNL_DATA_DIR, else ../shared/data when present (this project's CI), else ./data.
 DNL_DATA_DIR ?= $(if $(wildcard ../shared/data/test),$(abspath ../shared/data),$(abspath data))
 export DNL_DATA_DIR
@@ -22,51 +49,88 @@ SWEEP_EXPERIMENT_smoke := paper_grid_smoke
 SWEEP_EXPERIMENT_full := paper_grid
 NOTEBOOKS := notebooks/results.ipynb
 
-.PHONY: install train test test-slow test-all data bench lint clean sweep notebook-check notebook-clean
+.PHONY: install install-dev lock train test test-slow test-all data bench lint clean distclean sweep \
+	notebook-check notebook-clean
 
-install: $(STAMP)
+## the package + baselines, pinned by the lock (into .venv unless a virtualenv is active or PYTHON=... is given)
+install: $(STAMPS)/install
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m pip install $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PYTHON) -m pip install -e '.[$(EXTRAS)]'
-	@mkdir -p $(dir $@) && touch $@
+## install + the test, sweep, notebook and export tools
+install-dev: $(STAMPS)/install-dev
 
-## train the default experiment on the embedded images (ARGS="..." for Hydra overrides)
-train: $(STAMP)
-	$(PYTHON) -m denoise_lightning.training.train $(ARGS)
+$(VENV)/pyvenv.cfg:
+	$(BOOTSTRAP_PYTHON) -m venv $(VENV)
+
+# torch from TORCH_INDEX comes alone; from PyPI (the default) its dependencies are pinned by the lock at once.
+$(STAMPS)/install: pyproject.toml $(LOCK) $(ENV_CONFIG)
+	$(PIP) install $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),$(CONSTRAINTS))
+	$(PIP) install $(CONSTRAINTS) -e '.[$(EXTRAS)]'
+	@mkdir -p $(@D) && touch $@
+
+$(STAMPS)/install-dev: $(STAMPS)/install
+	$(PIP) install $(CONSTRAINTS) -e '.[$(DEV_EXTRAS)]'
+	@mkdir -p $(@D) && touch $@
+
+# `make lock`: re-resolve requirements/lock.txt with uv for the dependencies + every extra, TORCH_SPEC, CPython 3.11
+# on Linux x86_64, keeping the current pins that still fit (LOCK_ARGS=--upgrade moves all to the newest releases).
+# torch's CUDA runtime (nvidia-*, cuda-*, triton) stays out of the lock: which one is needed depends on the torch
+# build (none for the CPU wheel, its own CUDA libraries for each wheel of TORCH_INDEX), pip brings it with torch,
+# and pinned here it would tie every install to the one CUDA build of torch on PyPI. A first pass names those
+# packages for uv's --no-emit-package.
+UV_SPEC ?= uv==0.13.9
+LOCK_RESOLVE = echo '$(TORCH_SPEC)' | $(PYTHON) -m uv pip compile --quiet pyproject.toml - --all-extras \
+	--python-version 3.11 --python-platform x86_64-manylinux_2_28
+lock: $(ENV_CONFIG)
+	$(PIP) install '$(UV_SPEC)'
+	@mkdir -p $(dir $(LOCK_FILE))
+	cuda_only=$$($(LOCK_RESOLVE) --no-header --no-annotate \
+		| sed -n -E 's/^(nvidia-[^=]+|cuda-[^=]+|triton)==.*/--no-emit-package \1/p'); \
+	$(LOCK_RESOLVE) $$cuda_only --custom-compile-command 'make lock' $(LOCK_ARGS) -o $(LOCK_FILE)
+	{ echo '# Pinned versions of `make install` / `make install-dev` for CPython 3.11 on Linux x86_64, given to pip as a'; \
+	  echo '# constraints file (pip install -c $(LOCK_FILE) ...). Regenerate with `make lock`; the Makefile says why'; \
+	  echo "# torch's CUDA runtime packages are left out."; cat $(LOCK_FILE); } > $(LOCK_FILE).tmp
+	mv $(LOCK_FILE).tmp $(LOCK_FILE)
+
+## train a DN-ResNet by cascade (3 -> 13 layers) on the embedded photos (ARGS="..." for Hydra overrides)
+train: $(STAMPS)/install
+	$(PYTHON) -m denoise_lightning.training.train experiment=embedded_dn_resnet_cascade $(ARGS)
 
 ## the fast test suite (no slow tests)
-test: $(STAMP)
+test: $(STAMPS)/install-dev
 	$(PYTHON) -m pytest -q $(ARGS)
 
 ## minutes-long tests on the real benchmark data
-test-slow: $(STAMP)
+test-slow: $(STAMPS)/install-dev
 	$(PYTHON) -m pytest -q -m slow $(ARGS)
 
-test-all: $(STAMP)
+test-all: $(STAMPS)/install-dev
 	$(PYTHON) -m pytest -q -m "slow or not slow" $(ARGS)
 
 ## download Train400, BSD68 and Set12 into $(DNL_DATA_DIR) (checksummed, resumable, idempotent)
-data: $(STAMP)
+data: $(STAMPS)/install
 	$(PYTHON) -m denoise_lightning.datasets.download --root $(DNL_DATA_DIR)
 
 ## timings (never pass/fail; ~10 min on 2 quiet cores): bench/results.json + bench/results.md (ARGS="--no-compile" ...)
-bench: $(STAMP)
+bench: $(STAMPS)/install-dev
 	$(PYTHON) -m benchmarks.bench --out bench $(ARGS)
 
 ## the paper grid as one Hydra multirun -> multirun/paper_grid*/<time>/{results.csv,sweep_summary.md} (ARGS="...")
-sweep: $(STAMP)
+sweep: $(STAMPS)/install-dev
 	$(PYTHON) -m denoise_lightning.training.train -m experiment=$(SWEEP_EXPERIMENT) hydra/launcher=$(SWEEP_LAUNCHER) $(ARGS)
 
 ## fail if a notebook holds outputs (notebooks are committed without them); notebook-clean strips them
-notebook-check: $(STAMP)
+notebook-check: $(STAMPS)/install-dev
 	$(PYTHON) -m nbstripout --verify $(NOTEBOOKS)
 
-notebook-clean: $(STAMP)
+notebook-clean: $(STAMPS)/install-dev
 	$(PYTHON) -m nbstripout $(NOTEBOOKS)
 
-lint: $(STAMP) notebook-check
+lint: $(STAMPS)/install-dev notebook-check
 	$(PYTHON) -m ruff check denoise_lightning tests benchmarks
 
+# clean keeps the environment; distclean removes it too (and the CI's)
 clean:
 	rm -rf .make outputs multirun .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV) .ci-venv

@@ -3,7 +3,7 @@
     python benchmarks/bench.py [--out bench] [--repeats 3] [--no-compile] [--quick]
 
 Writes ``bench/results.json`` and ``bench/results.md``. Timings are never pass/fail: they are measured, written
-and compared with the targets of issue 7 (ratios to DnCNN-S measured in the same run). Within each setting the
+and compared with the speed targets (ratios to DnCNN-S measured in the same run). Within each setting the
 networks are timed round-robin (one call of each, repeated), so a load change on a shared machine hits all of
 them alike; latencies are the median (and min) of ``--repeats`` calls after one warm-up call.
 ``--quick`` runs every part on tiny inputs (for tests; its numbers mean nothing).
@@ -33,6 +33,7 @@ from denoise_lightning.degradations.noise import GaussianNoise, deterministic_no
 from denoise_lightning.hardware import cpu_has_fast_bf16
 from denoise_lightning.inference.speed import optimize_for_inference, retain_freed_memory
 from denoise_lightning.models.complexity import count_parameters, macs_per_pixel
+from denoise_lightning.provenance import environment
 from denoise_lightning.training.data import DenoiseDataModule, load_image, load_source
 from denoise_lightning.training.module import DenoiseModule
 from denoise_lightning.training.train import CONF_DIR
@@ -328,9 +329,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     networks = {name: build_network(*spec).eval() for name, spec in NETWORKS.items()}
     macs = {name: macs_per_pixel(network) for name, network in networks.items()}
     started = time.perf_counter()
-    results: dict[str, Any] = {"machine": machine(), "command": "python benchmarks/bench.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]), "image": f"{args.size}x{args.size} grey, {image_source}, "
-        f"sigma {SIGMA:g}", "quick": args.quick}
+    command = "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results: dict[str, Any] = {"machine": machine(), "environment": environment(), "command": command,
+                               "image": f"{args.size}x{args.size} grey, {image_source}, sigma {SIGMA:g}",
+                               "quick": args.quick}
     first_probe = probe(args.quick, args.repeats)
     results["networks"] = {name: {"params": count_parameters(n), "macs_per_pixel": macs[name]}
                            for name, n in networks.items()}

@@ -24,6 +24,7 @@ from denoise_lightning.files import atomic_output
 from denoise_lightning.inference.speed import retain_freed_memory
 from denoise_lightning.inference.tiling import input_channels
 from denoise_lightning.models.complexity import count_parameters, macs_per_pixel, receptive_field
+from denoise_lightning.provenance import describe, environment
 from denoise_lightning.training.data import load_image
 
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for name, (network, channels) in networks.items():
         by_channels.setdefault(channels, {})[name] = network
     retain_freed_memory()
+    context = environment()  # in every row: a row copied elsewhere keeps the machine and versions it was timed on
     for channels, group in by_channels.items():
         image = image_tensor(args.image, channels)
         calls = inference_calls(group, image, "fp32 + channels_last, BN folded, heap allocator")
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                          "receptive_field": receptive_field(network, channels),
                          "image": f"{args.image.name} {image.shape[-1]}x{image.shape[-2]}",
                          "ms": stats[name]["seconds"] * 1e3, "min_ms": stats[name]["min_seconds"] * 1e3,
-                         "threads": torch.get_num_threads()})
+                         "threads": torch.get_num_threads(), "environment": context})
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_output(args.out / "checkpoints.json") as tmp:
         Path(tmp).write_text(json.dumps(rows, indent=1))
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['class']} | {r['params']:,} | {r['macs_per_pixel'] / 1e3:.1f}K "
               f"| {r['receptive_field']} | {r['image']} | {r['ms']:.0f} |" for r in rows]
+    lines += ["", f"fp32 on {describe(context)}."]
     with atomic_output(args.out / "checkpoints.md") as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -25,6 +25,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 from denoise_lightning.degradations.noise import GaussianNoise, deterministic_noisy
 from denoise_lightning.files import atomic_write_text
 from denoise_lightning.inference.speed import optimize_for_inference
+from denoise_lightning.provenance import environment
 from denoise_lightning.training.data import list_images, load_image
 from denoise_lightning.zoo.import_dncnn import read_matconvnet_dncnn
 
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=128, help="centred crop size; 0 = whole images")
     parser.add_argument("--data-dir", type=Path, default=None, help="data root (default: $DNL_DATA_DIR)")
     args = parser.parse_args()
-    result = bsd68_precision(args.data_dir or data_root(), args.max_images, args.crop)
+    result = {**bsd68_precision(args.data_dir or data_root(), args.max_images, args.crop), "environment": environment()}
     print(json.dumps(result, indent=2))
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
 

@@ -1,4 +1,4 @@
-"""The speed targets of issue 7 evaluated on a ``bench/results.json`` dict, and its markdown tables."""
+"""The speed targets evaluated on a ``bench/results.json`` dict, and its markdown tables."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from denoise_lightning.files import atomic_write_text
+from denoise_lightning.provenance import describe
 
 TARGET_TRAINING = 400.0      # patches/s, DN-ResNet-13, 50x50, batch 64
 TARGET_DNR_VS_DNCNN = 3.5    # DN-ResNet-13 speed-up over DnCNN-S, one image
@@ -70,6 +71,7 @@ def markdown(results: dict[str, Any]) -> str:
              f"{machine['cpu_capability']}, native bf16: {machine['cpu_fast_bf16']}, torch {machine['torch']}; "
              f"load average {machine['load_average'][0]:.1f} at start, {machine['load_average_end'][0]:.1f} at end. "
              f"Image: {results['image']}. Command: `{results['command']}` ({results['seconds']:.0f} s).", "",
+             *([f"Environment: {describe(results['environment'])}.", ""] if results.get("environment") else []),
              "Probe (conv 64->64 3x3, channels_last, best call): " + ", ".join(
                  f"{dtype} {row['gflops']:.1f} GFLOP/s ({row['shape']})" for dtype, row in probe.items()), ""]
     bm3d, setup = results["bm3d"], results["training_setup"]

@@ -1,17 +1,14 @@
-"""denoise-lightning: Lightning + Hydra experiments for CNN image denoising (DnCNN family, DN-ResNet, BM3D)."""
+"""denoise-lightning: Lightning + Hydra experiments for CNN image denoising (DnCNN family, DN-ResNet, BM3D).
+
+``load_model`` and ``denoise`` need torch and the networks only: importing this package imports neither Lightning
+nor Hydra nor OmegaConf (the training stack lives in :mod:`denoise_lightning.training`).
+"""
 
 from __future__ import annotations
 
 import os
 
-from omegaconf import OmegaConf
-
-from denoise_lightning.hardware import default_precision
-
 __version__ = "0.1.0"
-
-# ``${dnl_precision:}`` in conf/trainer: bf16-mixed where bf16 is native to the hardware, else 32-true.
-OmegaConf.register_new_resolver("dnl_precision", default_precision, replace=True)
 
 
 def load_model(name_or_path: str | os.PathLike, map_location: str = "cpu"):

@@ -1,5 +1,5 @@
 """Classical baselines behind one denoiser interface: BM3D for Gaussian noise, VST + BM3D for Poisson and
-Poisson-Gaussian noise (SPEC sections 1 and 5).
+Poisson-Gaussian noise.
 
 A baseline is non-blind: ``baseline.denoise(noisy, level)`` maps one noisy image, an (H, W, C) float64 array on
 the [0, 1] scale exactly as :mod:`denoise_lightning.degradations.noise` makes it (not clipped), and its true level

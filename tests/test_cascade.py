@@ -1,4 +1,4 @@
-"""DN-ResNet, DS-ResBlocks and cascade training / DS evolution (SPEC sections 2 and 3)."""
+"""DN-ResNet, DS-ResBlocks and cascade training / DS evolution."""
 
 from __future__ import annotations
 

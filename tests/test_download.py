@@ -1,15 +1,17 @@
 """Tests for ``denoise_lightning.datasets.download`` without any network access.
 
-A zip laid out like the DnCNN GitHub archive is built in a temporary folder from the
-local copy of the data, and the downloader is pointed at it with ``file://`` URL
-overrides (or, for the HTTP Range paths, a throw-away server on 127.0.0.1).
+A zip laid out like the DnCNN GitHub archive at the pinned commit is built in a temporary folder
+from the local copy of the data and weights, and the downloader is pointed at it with ``file://``
+URL overrides (or, for the HTTP Range paths, a throw-away server on 127.0.0.1).
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -19,13 +21,23 @@ from pathlib import Path
 
 import pytest
 
-from denoise_lightning.datasets.download import DownloadError, archive_path, download, load_manifest
+from denoise_lightning.datasets.download import (
+    WEIGHTS_SET,
+    DownloadError,
+    archive_path,
+    download,
+    is_installed,
+    load_manifest,
+)
+from denoise_lightning.zoo.registry import PUBLISHED_MODELS
+from denoise_lightning.zoo.weights import read_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DNL_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 MANIFEST = load_manifest()
 SMALL_SETS = ("bsd68", "set12")
 ALL_SETS = ("train400", "bsd68", "set12")
+ARCHIVE_ROOT = MANIFEST["set12"].member_prefix.partition("/")[0]  # DnCNN-<commit>
 
 if not all((SHARED_DATA / MANIFEST[name].target).is_dir() for name in ALL_SETS):
     pytest.skip(f"local benchmark data not found under {SHARED_DATA}", allow_module_level=True)
@@ -38,7 +50,7 @@ def build_archive(path: Path, sets=ALL_SETS, corrupt: tuple[str, str] | None = N
     ``corrupt=(set, file)`` flips one byte of that file; ``omit=(set, file)`` leaves it out.
     """
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as bundle:
-        bundle.writestr("DnCNN-master/README.md", "not part of any data set\n")
+        bundle.writestr(f"{ARCHIVE_ROOT}/README.md", "not part of any data set\n")
         for name in sets:
             spec = MANIFEST[name]
             for filename in spec.files:
@@ -47,18 +59,18 @@ def build_archive(path: Path, sets=ALL_SETS, corrupt: tuple[str, str] | None = N
                 data = bytearray((SHARED_DATA / spec.target / filename).read_bytes())
                 if corrupt == (name, filename):
                     data[len(data) // 2] ^= 0xFF
-                bundle.writestr(spec.member_prefix + filename, bytes(data))
+                bundle.writestr(spec.member(filename), bytes(data))
     return path
 
 
 @pytest.fixture(scope="module")
 def full_archive(tmp_path_factory) -> Path:
-    return build_archive(tmp_path_factory.mktemp("source") / "DnCNN-master.zip")
+    return build_archive(tmp_path_factory.mktemp("source") / "DnCNN-archive.zip")
 
 
 @pytest.fixture(scope="module")
 def small_archive(tmp_path_factory) -> Path:
-    return build_archive(tmp_path_factory.mktemp("source") / "DnCNN-master.zip", sets=SMALL_SETS)
+    return build_archive(tmp_path_factory.mktemp("source") / "DnCNN-archive.zip", sets=SMALL_SETS)
 
 
 def overrides(archive: Path, sets=SMALL_SETS) -> dict[str, str]:
@@ -89,7 +101,7 @@ def test_download_into_empty_root_installs_all_sets(tmp_path, full_archive):
 
 def test_second_run_downloads_nothing(tmp_path, small_archive):
     root = tmp_path / "data"
-    source = tmp_path / "DnCNN-master.zip"
+    source = tmp_path / "DnCNN-archive.zip"
     source.write_bytes(small_archive.read_bytes())
     assert download(root, SMALL_SETS, overrides(source)) == list(SMALL_SETS)
     source.unlink()  # a new fetch would now fail
@@ -99,7 +111,7 @@ def test_second_run_downloads_nothing(tmp_path, small_archive):
 
 def test_damaged_file_is_restored_from_cached_archive(tmp_path, small_archive):
     root = tmp_path / "data"
-    source = tmp_path / "DnCNN-master.zip"
+    source = tmp_path / "DnCNN-archive.zip"
     source.write_bytes(small_archive.read_bytes())
     download(root, SMALL_SETS, overrides(source))
     source.unlink()
@@ -171,7 +183,7 @@ def serve(monkeypatch):
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}/DnCNN-master.zip", handler
+        return f"http://127.0.0.1:{server.server_port}/DnCNN-archive.zip", handler
 
     yield start
     for server in servers:
@@ -209,13 +221,13 @@ def test_resume_over_http(tmp_path, small_archive, honour_range, serve):
 
 
 def test_corrupted_member_raises_and_leaves_no_file(tmp_path):
-    archive = build_archive(tmp_path / "DnCNN-master.zip", sets=("set12",), corrupt=("set12", "05.png"))
+    archive = build_archive(tmp_path / "DnCNN-archive.zip", sets=("set12",), corrupt=("set12", "05.png"))
     root = tmp_path / "data"
     with pytest.raises(DownloadError) as caught:
         download(root, ("set12",), {"set12": archive.as_uri()})
     message = str(caught.value)
     assert "05.png" in message and MANIFEST["set12"].files["05.png"] in message
-    corrupted_hash = hashlib.sha256(zipfile.ZipFile(archive).read("DnCNN-master/testsets/Set12/05.png")).hexdigest()
+    corrupted_hash = hashlib.sha256(zipfile.ZipFile(archive).read(MANIFEST["set12"].member("05.png"))).hexdigest()
     assert corrupted_hash in message and "Delete" in message
     folder = root / "test/set12"
     assert not any("05.png" in p.name for p in folder.iterdir())
@@ -223,8 +235,8 @@ def test_corrupted_member_raises_and_leaves_no_file(tmp_path):
 
 
 def test_missing_member_names_member_and_archive(tmp_path):
-    archive = build_archive(tmp_path / "DnCNN-master.zip", sets=("set12",), omit=("set12", "12.png"))
-    with pytest.raises(DownloadError, match=r"testsets/Set12/12\.png.*missing.*DnCNN-master\.zip"):
+    archive = build_archive(tmp_path / "DnCNN-archive.zip", sets=("set12",), omit=("set12", "12.png"))
+    with pytest.raises(DownloadError, match=r"testsets/Set12/12\.png.*missing.*DnCNN-archive\.zip"):
         download(tmp_path / "data", ("set12",), {"set12": archive.as_uri()})
 
 
@@ -253,3 +265,75 @@ def test_cli_success_and_error(tmp_path, small_archive):
     assert failed.returncode != 0
     assert "test007.png" in failed.stderr and "checksum mismatch" in failed.stderr
     assert not (root / "test/bsd68/test007.png").exists()
+
+
+# ---------------------------------------------------------------- the pinned archive and the published weights
+def test_every_set_comes_from_one_archive_pinned_to_a_commit():
+    urls = {spec.url for spec in MANIFEST.values()}
+    assert len(urls) == 1
+    (url,) = urls
+    commit = re.fullmatch(r"https://github\.com/cszn/DnCNN/archive/([0-9a-f]{40})\.zip", url)
+    assert commit, f"{url} is not an archive of one commit"
+    for spec in MANIFEST.values():
+        assert spec.member_prefix.startswith(f"DnCNN-{commit.group(1)}/") and commit.group(1) in spec.archive
+    assert commit.group(1) in json.loads((REPO_ROOT / "denoise_lightning/datasets/manifest.json").read_text())["source"]
+
+
+def test_manifest_checksums_match_the_local_copy_of_every_set():
+    """The sha256 of all 486 files (Train400, BSD68, Set12 and the six published .mat files) equal the local copy."""
+    if not (SHARED_DATA / MANIFEST[WEIGHTS_SET].target).is_dir():
+        pytest.skip(f"published DnCNN weights not found under {SHARED_DATA}")
+    assert [name for name, spec in MANIFEST.items() if not is_installed(spec, SHARED_DATA)] == []
+    assert sorted(PUBLISHED_MODELS[name].file for name in PUBLISHED_MODELS) == sorted(MANIFEST[WEIGHTS_SET].files)
+
+
+@pytest.fixture(scope="module")
+def weights_archive(tmp_path_factory) -> Path:
+    if not (SHARED_DATA / MANIFEST[WEIGHTS_SET].target).is_dir():
+        pytest.skip(f"published DnCNN weights not found under {SHARED_DATA}")
+    return build_archive(tmp_path_factory.mktemp("source") / "DnCNN-archive.zip", sets=(WEIGHTS_SET,))
+
+
+def test_weights_are_fetched_verified_and_converted_once(tmp_path, weights_archive, serve):
+    url, handler = serve(weights_archive.read_bytes())
+    root, weights = tmp_path / "data", tmp_path / "weights"
+    assert download(root, (WEIGHTS_SET,), {WEIGHTS_SET: url}, weights_dir=weights) == [WEIGHTS_SET]
+    spec = MANIFEST[WEIGHTS_SET]
+    for name, expected in spec.files.items():  # the release files are kept, byte-exact, for later conversions
+        assert hashlib.sha256((root / spec.target / name).read_bytes()).hexdigest() == expected
+    assert sorted(p.name for p in weights.iterdir()) == sorted(
+        f"{name}.{suffix}" for name in PUBLISHED_MODELS for suffix in ("json", "safetensors"))
+    loaded = read_weights(weights / "dncnn-s-sigma25.json")
+    assert loaded.noise["sigma"] == 25.0 and not loaded.noise["blind"]
+    assert loaded.metadata["provenance"]["source_file"] == "model/specifics/sigma=25.mat"
+    assert loaded.metadata["provenance"]["source_sha256"] == spec.files["dncnn_s25.mat"]
+    assert loaded.metadata["provenance"]["archive"] == spec.url  # the pinned upstream, not the local test server
+    assert read_weights(weights / "dncnn-b.json").metadata["provenance"]["source_file"] == "model/GD_Gray_Blind.mat"
+
+    before = {p.name: p.stat().st_mtime_ns for p in weights.iterdir()}
+    assert download(root, (WEIGHTS_SET,), {WEIGHTS_SET: url}, weights_dir=weights) == []
+    assert handler.seen_ranges == [None]  # one request in all: the second run neither fetches nor converts
+    assert {p.name: p.stat().st_mtime_ns for p in weights.iterdir()} == before
+
+
+def test_corrupted_weights_file_is_rejected_and_nothing_is_converted(tmp_path):
+    if not (SHARED_DATA / MANIFEST[WEIGHTS_SET].target).is_dir():
+        pytest.skip(f"published DnCNN weights not found under {SHARED_DATA}")
+    archive = build_archive(tmp_path / "DnCNN-archive.zip", sets=(WEIGHTS_SET,),
+                            corrupt=(WEIGHTS_SET, "dncnn_s25.mat"))
+    root, weights = tmp_path / "data", tmp_path / "weights"
+    with pytest.raises(DownloadError, match=r"checksum mismatch for dncnn_s25\.mat .*model/specifics/sigma=25\.mat"):
+        download(root, (WEIGHTS_SET,), {WEIGHTS_SET: archive.as_uri()}, weights_dir=weights)
+    assert list((root / MANIFEST[WEIGHTS_SET].target).iterdir()) == []
+    assert not weights.exists()
+
+
+def test_archive_under_another_top_folder_name_installs_by_checksum(tmp_path):
+    """GitHub names the archive's top folder after the repository: a renamed repository still installs."""
+    source = build_archive(tmp_path / "source.zip", sets=("set12",))
+    renamed = tmp_path / "renamed.zip"
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(renamed, "w") as new:
+        for member in old.namelist():
+            new.writestr("denoisers-0123abc/" + member.partition("/")[2], old.read(member))
+    assert download(tmp_path / "data", ("set12",), {"set12": renamed.as_uri()}) == ["set12"]
+    assert_installed(tmp_path / "data", ("set12",))

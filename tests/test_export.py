@@ -11,7 +11,8 @@ import torch
 from denoise_lightning import load_model
 from denoise_lightning.inference.export import main
 from denoise_lightning.models.unet_dncnn import UDnCNN
-from denoise_lightning.zoo.import_dncnn import noise_config, save_as_checkpoint
+from denoise_lightning.zoo.import_dncnn import noise_config, read_matconvnet_dncnn, save_as_checkpoint
+from denoise_lightning.zoo.registry import install_published
 
 
 def run_exported(path, format: str, noisy: np.ndarray) -> np.ndarray:
@@ -40,6 +41,22 @@ def test_exported_model_matches_pytorch_on_a_real_photo(trained_run, tmp_path, f
         assert exported.shape == noisy.shape
         assert np.abs(exported - expected).max() < 1e-4
         assert np.abs(expected - noisy).mean() > 0.01  # the network really changes the image
+
+
+def test_published_model_exports_by_name(shared_data, tmp_path, monkeypatch, capsys):
+    """dnl-export dncnn-s-sigma25: the name reads the converted weights; the file computes what the .mat model does."""
+    mat = shared_data / "weights" / "dncnn" / "dncnn_s25.mat"
+    if not mat.is_file():
+        pytest.skip(f"published DnCNN weights not found: {mat}")
+    install_published(mat.parent, tmp_path / "weights", names=["dncnn-s-sigma25"])
+    monkeypatch.setenv("DNL_WEIGHTS_DIR", str(tmp_path / "weights"))
+    main(["dncnn-s-sigma25", "--format", "torchscript", "-o", str(tmp_path / "dncnn_s25.pt")])
+    assert "dncnn-s-sigma25" in capsys.readouterr().out
+    clean = skimage.data.camera()[None, None, 100:164, 200:280].astype(np.float32) / 255.0
+    noisy = (clean + np.random.default_rng(3).normal(0.0, 25.0 / 255.0, clean.shape)).astype(np.float32)
+    with torch.inference_mode():
+        expected = read_matconvnet_dncnn(mat)(torch.from_numpy(noisy)).numpy()
+    assert np.abs(run_exported(tmp_path / "dncnn_s25.pt", "torchscript", noisy) - expected).max() < 1e-4
 
 
 def test_unsupported_export_fails_clearly_and_writes_nothing(tmp_path, capsys):

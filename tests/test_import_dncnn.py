@@ -111,7 +111,7 @@ def test_filters_are_read_in_matlab_axis_order(tmp_path):
     convs = [m for m in network.body if isinstance(m, torch.nn.Conv2d)]
     assert [c.weight.shape for c in convs] == [(4, 1, 3, 3), (4, 4, 3, 3), (1, 4, 3, 3)]
     for conv, matlab, bias in zip(convs, filters, biases, strict=True):
-        expected = torch.from_numpy(matlab.transpose(3, 2, 0, 1)).float()  # SPEC: f.transpose(3, 2, 0, 1)
+        expected = torch.from_numpy(matlab.transpose(3, 2, 0, 1)).float()  # MatConvNet [H, W, Cin, Cout] read reversed
         torch.testing.assert_close(conv.weight.data, expected, rtol=0, atol=0)
         torch.testing.assert_close(conv.bias.data, torch.from_numpy(bias.ravel()).float(), rtol=0, atol=0)
 

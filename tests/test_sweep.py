@@ -20,6 +20,7 @@ from PIL import Image
 
 from denoise_lightning.sweeps import status as sweep
 from denoise_lightning.sweeps.collect import expected_jobs
+from denoise_lightning.training.resolvers import register_resolvers
 from denoise_lightning.training.tracking import finish_wandb_run
 
 pytest_plugins = ["sweep_fixtures"]  # the session's one tiny sweep, shared with test_collect.py, test_notebook.py
@@ -186,6 +187,7 @@ def test_job_resources_one_gpu_per_job_or_cpus_per_job(monkeypatch):
 
 
 def _hydra_config(overrides: list[str]):
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=overrides, return_hydra_config=True)

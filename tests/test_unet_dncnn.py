@@ -1,4 +1,4 @@
-"""UDnCNN / DUDnCNN (SPEC section 2): any image size, 33x33 receptive field, max-unpooling at the stored indices."""
+"""UDnCNN / DUDnCNN: any image size, 33x33 receptive field, max-unpooling at the stored indices."""
 
 from __future__ import annotations
 

@@ -1,11 +1,16 @@
-"""Download the public denoising benchmark sets into a data root (``make data``).
+"""Download the public denoising benchmark sets and the published DnCNN weights into a data root (``make data``).
 
-Train400, BSD68 and Set12 are fetched from the archive zip of the official DnCNN
-repository (github.com/cszn/DnCNN), because that is where the paper's authors
-distribute them.  ``manifest.json`` (next to this module) says, for each set,
-which archive to fetch, where the set lives inside it, where it goes under the
-data root, and the sha256 of every file, so that experiments run on byte-exact
-copies and a changed upstream file is caught instead of silently used.
+Train400, BSD68, Set12 and the published DnCNN weights (set ``dncnn-weights``: DnCNN-S sigma 15/25/50, DnCNN-S
+sigma 25 before BN merging, DnCNN-B, DnCNN-3, MatConvNet ``.mat`` files) are fetched from the archive zip of the
+official DnCNN repository (github.com/cszn/DnCNN) at one pinned commit, because that is where the paper's authors
+distribute them.  ``manifest.json`` (next to this module) says, for each set, which archive to fetch, where the
+set's files live inside it, where they go under the data root, and the sha256 of every file, so that experiments run
+on byte-exact copies and a changed upstream file is caught instead of silently used.
+
+The ``.mat`` files are kept under ``<root>/weights/dncnn`` and converted once, when verified, into the weights format
+of named models (:mod:`denoise_lightning.zoo.weights`) in the weights folder: ``--weights-dir``, else
+``$DNL_WEIGHTS_DIR``, else ``~/.cache/denoise-lightning/weights``. A root that already holds the verified ``.mat``
+files (even a read-only one) needs no download: ``--root DIR --sets dncnn-weights`` only converts.
 
 The download is:
 
@@ -16,8 +21,8 @@ The download is:
 * atomic per set: files are verified in temporary names and only then moved into
   place, so a target folder never holds a half-written or unverified file.
 
-Usage: ``python -m denoise_lightning.datasets.download [--root DIR] [--sets train400,bsd68,set12]
-[--url-override NAME=URL]``; the root defaults to ``$DNL_DATA_DIR``, else ``./data``.
+Usage: ``python -m denoise_lightning.datasets.download [--root DIR] [--sets train400,bsd68,set12,dncnn-weights]
+[--weights-dir DIR] [--url-override NAME=URL]``; the root defaults to ``$DNL_DATA_DIR``, else ``./data``.
 """
 
 from __future__ import annotations
@@ -32,14 +37,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 MANIFEST_PATH = Path(__file__).with_name("manifest.json")
-DEFAULT_SETS = ("train400", "bsd68", "set12")
+WEIGHTS_SET = "dncnn-weights"  # converted into the weights format of named models once verified
+DEFAULT_SETS = ("train400", "bsd68", "set12", WEIGHTS_SET)
 CHUNK_BYTES = 1 << 20
 console = Console(highlight=False, soft_wrap=True)
 
@@ -58,6 +64,11 @@ class DatasetSpec:
     member_prefix: str  # path of the set's folder inside the archive, ending in "/"
     target: str  # folder relative to the data root
     files: dict[str, str]  # file name -> sha256 hex digest
+    members: dict[str, str] = field(default_factory=dict)  # file name -> path under member_prefix, when it differs
+
+    def member(self, name: str) -> str:
+        """The archive member that is installed as file ``name``."""
+        return self.member_prefix + self.members.get(name, name)
 
 
 def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, DatasetSpec]:
@@ -153,6 +164,9 @@ def install_from_archive(spec: DatasetSpec, archive: Path, root: Path) -> None:
     All files are first written to hidden temporary names and checked; only when the whole
     set verifies are they moved into place with ``os.replace``. On any failure the
     temporary files are removed and nothing of the failed set is left behind.
+
+    The archive's single top-level folder stands for the manifest's (``DnCNN-<commit>/``) when they differ, as
+    GitHub names it after the repository: the sha256 of every file still decides what is installed.
     """
     folder = root / spec.target
     folder.mkdir(parents=True, exist_ok=True)
@@ -160,8 +174,11 @@ def install_from_archive(spec: DatasetSpec, archive: Path, root: Path) -> None:
     try:
         with zipfile.ZipFile(archive) as bundle:
             members = set(bundle.namelist())
+            expected_top, _, _ = spec.member_prefix.partition("/")
+            tops = {member.partition("/")[0] for member in members}
+            top = tops.pop() if len(tops) == 1 and expected_top not in tops else expected_top
             for name, expected in spec.files.items():
-                member = spec.member_prefix + name
+                member = top + spec.member(name)[len(expected_top):]
                 if member not in members:
                     raise DownloadError(
                         f"{spec.name}: member {member} is missing from archive {archive}; the upstream "
@@ -188,10 +205,36 @@ def install_from_archive(spec: DatasetSpec, archive: Path, root: Path) -> None:
         os.replace(temporary, final)
 
 
+def convert_weights(spec: DatasetSpec, root: Path, weights_dir: Path | str | None = None) -> list[str]:
+    """Convert the verified ``.mat`` files of the weights set into named models (once; see
+    :func:`denoise_lightning.zoo.registry.install_published`), recording their upstream path and archive.
+    Returns the model names converted; an empty list means all were already converted from these files."""
+    from denoise_lightning.zoo.registry import install_published
+    from denoise_lightning.zoo.weights import weights_dir as default_weights_dir
+
+    destination = Path(weights_dir) if weights_dir is not None else default_weights_dir()
+    sources = {name: {"source_file": spec.members.get(name, name), "archive": spec.url} for name in spec.files}
+    try:
+        converted = install_published(root / spec.target, destination, sources=sources)
+    except ImportError as error:  # h5py reads the MATLAB v7.3 files
+        raise DownloadError(f"{spec.name}: converting the .mat files needs h5py ({error}): pip install h5py") from error
+    except OSError as error:  # an unwritable weights folder
+        raise DownloadError(f"{spec.name}: cannot convert {root / spec.target} into {destination}: {error}. "
+                            "Choose another folder with --weights-dir or $DNL_WEIGHTS_DIR.") from error
+    except ValueError as error:  # a release file that is not the DnCNN it should be
+        raise DownloadError(f"{spec.name}: cannot convert {root / spec.target}: {error}") from error
+    if converted:
+        console.print(f"{spec.name}: converted {', '.join(converted)} into {destination}")
+    else:
+        console.print(f"{spec.name}: named models already converted in {destination}")
+    return converted
+
+
 def download(root: Path | str | None = None, sets: tuple[str, ...] | list[str] = DEFAULT_SETS,
              url_overrides: dict[str, str] | None = None,
-             manifest: dict[str, DatasetSpec] | None = None) -> list[str]:
-    """Make every requested set present and verified under ``root``.
+             manifest: dict[str, DatasetSpec] | None = None, weights_dir: Path | str | None = None) -> list[str]:
+    """Make every requested set present and verified under ``root``; the weights set is then converted into the
+    named models of ``weights_dir`` (default ``$DNL_WEIGHTS_DIR``, else ``~/.cache/denoise-lightning/weights``).
 
     Sets that share an archive URL share one download. Returns the names of the sets
     that were (re)installed; an empty list means everything was already in place.
@@ -218,6 +261,8 @@ def download(root: Path | str | None = None, sets: tuple[str, ...] | list[str] =
             install_from_archive(spec, archive, root)
             console.print(f"{spec.name}: installed {len(spec.files)} verified files in {root / spec.target}")
             installed.append(spec.name)
+    if WEIGHTS_SET in sets:
+        convert_weights(specs[WEIGHTS_SET], root, weights_dir)
     return installed
 
 
@@ -235,12 +280,15 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=None, help="data root (default: $DNL_DATA_DIR, else ./data)")
     parser.add_argument("--sets", default=",".join(DEFAULT_SETS), help="comma-separated sets (default: %(default)s)")
+    parser.add_argument("--weights-dir", type=Path, default=None,
+                        help=f"where {WEIGHTS_SET} is converted into named models (default: $DNL_WEIGHTS_DIR, else "
+                             "~/.cache/denoise-lightning/weights)")
     parser.add_argument("--url-override", type=_parse_override, action="append", default=[], metavar="NAME=URL",
                         help="fetch set NAME from URL instead of the manifest's (repeatable)")
     args = parser.parse_args(argv)
     sets = [name.strip() for name in args.sets.split(",") if name.strip()]
     try:
-        download(args.root, sets, dict(args.url_override))
+        download(args.root, sets, dict(args.url_override), weights_dir=args.weights_dir)
     except DownloadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

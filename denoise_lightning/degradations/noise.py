@@ -1,4 +1,4 @@
-"""Degradations applied on the fly to clean images (SPEC section 1).
+"""Degradations applied on the fly to clean images.
 
 Every degradation is a small ``nn.Module`` with explicit level parameters and one call shape,
 ``degradation(clean, generator=None) -> noisy`` for (N, C, H, W) images in [0, 1]:
@@ -161,7 +161,7 @@ class GaussianNoise(Degradation):
 
 
 class PoissonNoise(Degradation):
-    """Poisson (shot) noise ``y = Poisson(peak * x) / peak``: mean ``x``, variance ``x / peak`` (SPEC section 1).
+    """Poisson (shot) noise ``y = Poisson(peak * x) / peak``: mean ``x``, variance ``x / peak``.
 
     Args:
         peak: photon count of intensity 1; smaller is noisier. Non-blind: the training level. Blind: the
@@ -209,7 +209,7 @@ class PoissonNoise(Degradation):
 
 
 class PoissonGaussianNoise(Degradation):
-    """Poisson-Gaussian noise ``y = Poisson(peak * x) / peak + N(0, (sigma/255)^2)`` (SPEC section 1).
+    """Poisson-Gaussian noise ``y = Poisson(peak * x) / peak + N(0, (sigma/255)^2)``.
 
     Mean ``x``, variance ``x / peak + (sigma/255)^2``: shot noise plus signal-independent read noise.
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from denoise_lightning.files import atomic_output
@@ -211,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                "the noise the model was trained on: a different --noise is an error; a non-blind model ignores "
                "--sigma/--peak (with a warning if they differ from its trained level); a blind model warns when "
                "they are outside its training range. Model names: " + ", ".join(PUBLISHED_MODELS)
-               + " (the published DnCNN weights under $DNL_DATA_DIR/weights/dncnn; no download).")
+               + " (the published DnCNN weights, installed by `make data` into $DNL_WEIGHTS_DIR, default "
+               "~/.cache/denoise-lightning/weights; never downloaded here).")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders (recursive)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument("-m", "--model", required=True, help="checkpoint (.ckpt), DnCNN .mat file, or a model name")
@@ -233,19 +235,21 @@ def main(argv: list[str] | None = None) -> None:
     from denoise_lightning.zoo.registry import load_model
 
     args = build_parser().parse_args(argv)
-    console = Console(stderr=True)
+    # soft_wrap: a message is one line, never hard-wrapped at the terminal width (80 columns when not a tty), so a
+    # path in it stays whole and greppable; escape: a "[" in a path is text, not rich markup
+    console = Console(stderr=True, soft_wrap=True, highlight=False)
     try:
         model = load_model(args.model, map_location=args.device)
         messages = check_noise(model, args.noise, args.sigma, args.peak)
     except (FileNotFoundError, CheckpointError, NoiseMismatchError, ValueError) as error:
-        console.print(f"[red]dnl-denoise: error:[/red] {error}", highlight=False)
+        console.print(f"[red]dnl-denoise: error:[/red] {escape(str(error))}")
         raise SystemExit(2) from None
     for message in messages:
-        console.print(f"[yellow]dnl-denoise: warning:[/yellow] {message}", highlight=False)
+        console.print(f"[yellow]dnl-denoise: warning:[/yellow] {escape(message)}")
 
     jobs, errors = collect_jobs(args.inputs, args.output)
     for error in errors:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(error))}")
     failed = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
@@ -260,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
                              progress=lambda done, total: progress.update(tiles, completed=done, total=total))
             except (ImageFileError, OSError) as error:
                 failed += 1
-                progress.console.print(f"[red]error:[/red] {error}", highlight=False)
+                progress.console.print(f"[red]error:[/red] {escape(str(error))}")
             progress.advance(task)
     errors_total = failed + len(errors)
     print(f"denoised {len(jobs) - failed} of {len(jobs) + len(errors)} input(s) into {args.output} with "

@@ -163,11 +163,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from denoise_lightning.zoo.checkpoint import CheckpointError
     from denoise_lightning.zoo.registry import load_model
+    from denoise_lightning.zoo.weights import WeightsError
 
     try:
         network = load_model(args.model)
         path = export_network(network, args.output, args.format, args.opset)
-    except (FileNotFoundError, CheckpointError, ExportError) as error:
+    except (FileNotFoundError, CheckpointError, WeightsError, ExportError) as error:
         print(f"dnl-export: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     try:

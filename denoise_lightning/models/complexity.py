@@ -1,4 +1,4 @@
-"""Network complexity: parameter count and multiply-accumulates per pixel (SPEC section 4)."""
+"""Network complexity: parameter count and multiply-accumulates per pixel, and the receptive field."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """DN-ResNet (Ren, El-Khamy, Lee, ACCV 2018): a 3-layer base grown by inserting ResBlocks before its last layer.
 
-Base (SPEC section 2): conv9x9 (C -> 64) + ReLU, conv5x5 (64 -> 32) + ReLU, conv5x5 (32 -> C). Blocks go between
+Base (paper Fig. 1): conv9x9 (C -> 64) + ReLU, conv5x5 (64 -> 32) + ReLU, conv5x5 (32 -> C). Blocks go between
 the second and the last layer. The architecture is the serialisable ``blocks`` spec, e.g. ``["res"] * 5`` is
 DN-ResNet-13 (13 convs, ~150K parameters grey) and ``["ds"] * 5`` DS-DN-ResNet (~71K): ``DNResNet(blocks=spec)``
 rebuilds any stage. Growth happens in place through :meth:`insert_blocks` and :meth:`convert_block`.

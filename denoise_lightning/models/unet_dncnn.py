@@ -1,4 +1,4 @@
-"""UDnCNN and DUDnCNN: DnCNN made U-shaped, with max-pooling or with dilated convolutions (SPEC section 2).
+"""UDnCNN and DUDnCNN: DnCNN made U-shaped, with max-pooling or with dilated convolutions.
 
 The U-family of the UCSD ECE 285 denoising study. With ``num_layers = 8`` (6 middle layers):
 

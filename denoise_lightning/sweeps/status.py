@@ -1,6 +1,7 @@
 """What a Hydra multirun needs while it runs: per-job resources for the Ray launcher and the job-status callback.
 
-* ``${dnl_gpus_per_job:}`` / ``${dnl_cpus_per_job:}`` (used by ``conf/hydra/launcher/ray_local.yaml``): one GPU per
+* :func:`gpus_per_job` / :func:`cpus_per_job`: the ``${dnl_gpus_per_job:}`` / ``${dnl_cpus_per_job:}`` resolvers
+  of ``conf/hydra/launcher/ray_local.yaml`` (registered by :mod:`denoise_lightning.training.resolvers`): one GPU per
   job on a GPU machine (Ray then queues the jobs that do not fit), no GPU on a CPU machine; CPUs per job from
   ``$DNL_CPUS_PER_JOB``, else the machine's cores shared evenly between its GPUs, else 1.
 * :class:`SweepStatus`, a Hydra callback (``hydra.callbacks`` in ``conf/train.yaml``): every job writes
@@ -51,10 +52,6 @@ def cpus_per_job() -> int:
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return max(1, (os.cpu_count() or 1) // gpus) if gpus else 1
-
-
-OmegaConf.register_new_resolver("dnl_gpus_per_job", gpus_per_job, replace=True)
-OmegaConf.register_new_resolver("dnl_cpus_per_job", cpus_per_job, replace=True)
 
 
 def _now() -> str:

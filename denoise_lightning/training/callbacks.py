@@ -1,4 +1,4 @@
-"""Cascade training and incremental DS evolution of DN-ResNet (paper section 3; SPEC section 3), as one callback.
+"""Cascade training and incremental DS evolution of DN-ResNet (paper section 3), as one callback.
 
 The target architecture is a pure function of the epoch (``stages``), so a resumed run needs no hidden state:
 the checkpoint records the network's config (``DenoiseModule.on_save_checkpoint``), the module rebuilds that

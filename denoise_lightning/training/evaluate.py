@@ -27,9 +27,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from denoise_lightning.baselines import Baseline, Job, cache_path, denoise_cached
 from denoise_lightning.degradations.noise import Degradation, deterministic_noisy
+from denoise_lightning.provenance import describe, environment
 from denoise_lightning.training.module import DenoiseModule, grid_row, image_metrics
+from denoise_lightning.training.resolvers import register_resolvers
 from denoise_lightning.training.results import print_results, write_results
-from denoise_lightning.training.train import CONF_DIR, build_trainer, test_and_report
+from denoise_lightning.training.train import CONFIG_PATH, build_trainer, test_and_report
 from denoise_lightning.zoo.checkpoint import CheckpointError, network_from_checkpoint, read_checkpoint
 
 
@@ -89,7 +91,7 @@ def evaluate_baseline(cfg: DictConfig) -> dict[str, Any]:
         for clean, noisy in zip(cleans, noisies, strict=True):
             output, time_taken = next(outputs)
             seconds.append(time_taken)
-            # scored exactly as DenoiseModule.denoise_test_image + test_step score a network (SPEC section 4)
+            # scored exactly as DenoiseModule.denoise_test_image + test_step score a network
             metrics["output"].update(torch.from_numpy(output).permute(2, 0, 1)[None].clamp(0, 1), clean)
             metrics["noisy"].update(noisy.clamp(0, 1), clean)
         test.setdefault(set_name, {})[level_name] = grid_row(metrics)
@@ -102,12 +104,15 @@ def evaluate_baseline(cfg: DictConfig) -> dict[str, Any]:
         "noise": OmegaConf.to_container(cfg.noise, resolve=True),
         "test": test,
         "seconds_per_image": round(float(np.mean(seconds)), 3),  # one process per image, as first computed
+        "precision": "64-true",  # the baseline computes in float64 (numpy); its outputs are stored as float32
+        "environment": environment(),
         "cache_dir": str(Path(cfg.cache_dir).expanduser() / baseline.cache_key),
         "checkpoint": None,
         "output_dir": str(cfg.output_dir),
     }
     write_results(cfg.output_dir, results)
     print_results(results)
+    print(describe(results["environment"], results["precision"]))
     return results
 
 
@@ -127,9 +132,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return evaluate_baseline(cfg)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
-def main(cfg: DictConfig) -> None:
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+def run(cfg: DictConfig) -> None:
     evaluate(cfg)
+
+
+def main() -> None:
+    """``dnl-eval``: the resolvers are registered before Hydra composes."""
+    register_resolvers()
+    run()
 
 
 if __name__ == "__main__":

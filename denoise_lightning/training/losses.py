@@ -1,4 +1,4 @@
-"""Training losses: the edge-aware loss of DN-ResNet (SPEC section 3); the plain loss is ``torch.nn.MSELoss``.
+"""Training losses: the edge-aware loss of DN-ResNet (paper section 3); the plain loss is ``torch.nn.MSELoss``.
 
 ``L = MSE(x_hat, x) + w * MSE(M * x_hat, M * x)`` with ``M`` an edge map of the *clean* image ``x``, so errors on
 edges cost ``1 + w * M^2`` times as much as elsewhere:

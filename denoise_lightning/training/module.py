@@ -1,12 +1,16 @@
 """The one LightningModule: wraps any denoising network, degrades clean patches on the fly, measures PSNR/SSIM.
 
-Metrics follow the papers (SPEC section 4): PSNR per image on the output clipped to [0, 1] with data range 1,
+Metrics follow the papers: PSNR per image on the output clipped to [0, 1] with data range 1,
 averaged over images (torchmetrics ``dim=(1, 2, 3)``); SSIM with the standard 11x11 Gaussian window, sigma 1.5.
 The noisy input is scored the same way (clipped to [0, 1], as it would be saved to disk).
 
 Hyper-parameters are plain values only: the network, noise and loss are stored as their ``_target_`` configs
 (dicts), so checkpoints load with ``torch.load(weights_only=True)`` and ``load_from_checkpoint(path)`` rebuilds
 everything. A network passed as an ``nn.Module`` instance is not in the hparams; pass it again when loading.
+Configs are built by :func:`denoise_lightning.zoo.checkpoint.build`, never by ``hydra.utils.instantiate``: the hparams
+of a checkpoint come from a file, so they may name only the package's networks (``models.NETWORKS``), noise models
+(``degradations.noise``) and losses (``training.losses``, ``torch.nn.MSELoss`` / ``L1Loss``); any other object is
+passed as an instance.
 """
 
 from __future__ import annotations
@@ -18,13 +22,26 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from denoise_lightning.degradations import noise as noise_models
 from denoise_lightning.degradations.noise import Degradation, deterministic_noisy
+from denoise_lightning.training import losses
+from denoise_lightning.zoo.checkpoint import CheckpointError, build, network_targets, targets
+
+
+def _classes(module: Any, base: type) -> list[type]:
+    """The subclasses of ``base`` defined in ``module`` (``base`` itself excluded)."""
+    return [cls for cls in vars(module).values() if isinstance(cls, type) and issubclass(cls, base)
+            and cls is not base and cls.__module__ == module.__name__]
+
+
+# The classes the ``noise`` and ``loss`` configs (hparams) may name.
+NOISE_TARGETS = targets(_classes(noise_models, Degradation))
+LOSS_TARGETS = {**targets(_classes(losses, nn.Module)), **targets([nn.MSELoss, nn.L1Loss], "torch.nn")}
 
 
 def cosine_factor(step: int, total: int, floor: float) -> float:
@@ -50,12 +67,14 @@ def grid_row(metrics: Mapping[str, MetricCollection]) -> dict[str, float]:
     return {"psnr": output["psnr"], "ssim": output["ssim"], "psnr_noisy": noisy["psnr"], "ssim_noisy": noisy["ssim"]}
 
 
-def _build(spec: Mapping | DictConfig | nn.Module) -> tuple[nn.Module, dict | None]:
-    """Object from a ``_target_`` config (returned as a plain dict for the hparams) or an instance as is."""
+def _build(spec: Mapping | DictConfig | nn.Module, allowed: Mapping[str, type],
+           where: str) -> tuple[nn.Module, dict | None]:
+    """Object from a ``_target_`` config naming a class of ``allowed`` (the config is returned as a plain dict for
+    the hparams), or an instance as is."""
     if isinstance(spec, nn.Module):
         return spec, None
     plain = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
-    return instantiate(plain), plain
+    return build(plain, allowed, where), plain
 
 
 class DenoiseModule(L.LightningModule):
@@ -85,12 +104,14 @@ class DenoiseModule(L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.network, network_cfg = _build(network)
-        if not isinstance(self.network, nn.Module):
-            raise TypeError(f"model={type(self.network).__name__} is not a trainable network (a baseline?): "
-                            f"evaluate it with `dnl-eval model=... noise=...`, or train e.g. model=dn_resnet")
-        self.noise, noise_cfg = _build(noise)
-        self.loss, loss_cfg = _build(loss if loss is not None else {"_target_": "torch.nn.MSELoss"})
+        try:
+            self.network, network_cfg = _build(network, network_targets(), "network")
+        except CheckpointError as error:
+            raise CheckpointError(f"{error}. A baseline (model=bm3d) is not trainable: evaluate it with `dnl-eval "
+                                  "model=... noise=...`; any other network is passed as an nn.Module") from None
+        self.noise, noise_cfg = _build(noise, NOISE_TARGETS, "noise")
+        self.loss, loss_cfg = _build(loss if loss is not None else {"_target_": "torch.nn.MSELoss"}, LOSS_TARGETS,
+                                     "loss")
         if not isinstance(self.noise, Degradation):
             raise TypeError("noise must be a denoise_lightning.degradations.noise.Degradation, "
                             f"got {type(self.noise).__name__}")
@@ -176,7 +197,7 @@ class DenoiseModule(L.LightningModule):
         """Rebuild the network of the checkpoint's stage before its weights are loaded."""
         saved = checkpoint.get("network_config")
         if saved is not None and saved != self.network_config():
-            self.network = instantiate(saved).to(self.device)
+            self.network = build(saved, network_targets(), "network_config").to(self.device)
             self.format_network()
 
     # ---------------------------------------------------------------- validation

@@ -1,8 +1,9 @@
 """Weights & Biases tracking of runs and sweeps (``logger=wandb``; offline unless the user goes online).
 
 * ``${dnl_wandb_group:}``, ``${dnl_wandb_tags:}``, ``${dnl_wandb_name:...}``, ``${dnl_wandb_offline:}``
-  (``conf/logger/wandb.yaml``): the jobs of one Hydra multirun share a group (the sweep folder) and carry tags for
-  the noise type, blind / non-blind, the loss (and its edge weight) and the architecture; offline by default.
+  (``conf/logger/wandb.yaml``; registered by :mod:`denoise_lightning.training.resolvers`): the jobs of one Hydra
+  multirun share a group (the sweep folder) and carry tags for the noise type, blind / non-blind, the loss (and its
+  edge weight) and the architecture; offline by default.
 * :func:`log_resolved_config`: the whole resolved Hydra config as the run's wandb config.
 * :class:`WandbTracking`: a fixed panel of validation crops (noisy | denoised | clean) a few times per run, the
   per-stage table of a cascade, and the final test table.
@@ -78,12 +79,6 @@ def run_tags(*, _root_: DictConfig) -> list[str]:
 def offline() -> bool:
     """Offline unless the user chose ``WANDB_MODE=online`` (after ``wandb login``)."""
     return os.environ.get("WANDB_MODE", "offline") != "online"
-
-
-OmegaConf.register_new_resolver("dnl_wandb_group", sweep_group, replace=True)
-OmegaConf.register_new_resolver("dnl_wandb_offline", offline, replace=True)
-OmegaConf.register_new_resolver("dnl_wandb_tags", run_tags, replace=True)
-OmegaConf.register_new_resolver("dnl_wandb_name", run_name, replace=True)
 
 
 # ---------------------------------------------------------------- run lifetime

@@ -1,6 +1,8 @@
 """``dnl-train``: train a denoiser with the composed Hydra config, test it, write ``results.json``.
 
-    dnl-train                                   # the default experiment on the embedded images
+    dnl-train                                   # DnCNN-S on the embedded images (no experiment)
+    dnl-train model=dn_resnet                   # any network of conf/model
+    dnl-train experiment=embedded_dn_resnet_cascade   # make train: the DN-ResNet cascade
     dnl-train experiment=dncnn_s_train400       # DnCNN-S on Train400 -> BSD68 + Set12
     python -m denoise_lightning.training.train trainer.max_steps=100 noise.sigma=50
 """
@@ -17,16 +19,17 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-import denoise_lightning  # noqa: F401  (registers the ${dnl_precision:} resolver)
-import denoise_lightning.sweeps.status  # noqa: F401  (registers ${dnl_gpus_per_job:}, ${dnl_cpus_per_job:} for Ray)
 from denoise_lightning import load_model
 from denoise_lightning.models.complexity import count_parameters, macs_per_pixel, receptive_field
+from denoise_lightning.provenance import describe, environment
 from denoise_lightning.training.callbacks import CascadeTraining
+from denoise_lightning.training.resolvers import register_resolvers
 from denoise_lightning.training.results import print_results, write_results
 from denoise_lightning.training.tracking import finish_wandb_run, log_resolved_config
 
-# An absolute path: a relative config_path would be read as the Python package "conf" when started through the
-# installed console script (dnl-train), which fails.
+# The configs ship inside the package (conf/__init__.py makes it one), so an installed wheel finds them wherever it
+# is installed and whichever way the app starts (console script, python -m). CONF_DIR: the same folder on disk.
+CONFIG_PATH = "pkg://denoise_lightning.conf"
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
@@ -47,13 +50,15 @@ def model_summary(module: L.LightningModule, name: str, channels: int) -> dict[s
 
 def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, datamodule, ckpt_path: str | None = None,
                     **extra: Any) -> dict[str, Any]:
-    """Test on every set x level, then write ``results.json`` / ``results.md`` and print the table (rank 0)."""
+    """Test on every set x level, then write ``results.json`` / ``results.md`` and print the table (rank 0),
+    with a footer line naming the effective precision and the machine (recorded in full as ``"environment"``)."""
     trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     results = {
         "model": model_summary(module, cfg.get("name") or type(module.network).__name__, datamodule.channels),
         "noise": module.hparams.get("noise"),
         "test": module.test_results,
         "precision": str(trainer.precision),
+        "environment": environment(),  # versions, commit, CPU / GPU: why two machines may give other numbers
         "checkpoint": trainer.ckpt_path,  # the file tested; None when the weights in memory were tested
         "output_dir": str(cfg.output_dir),
         **extra,
@@ -61,6 +66,7 @@ def test_and_report(cfg: DictConfig, trainer: L.Trainer, module, datamodule, ckp
     if trainer.is_global_zero:
         write_results(cfg.output_dir, results)
         print_results(results)
+        print(describe(results["environment"], results["precision"]))
     return results
 
 
@@ -92,10 +98,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                            global_steps=trainer.global_step, epochs=trainer.current_epoch, stages=stages)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> None:
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def run(cfg: DictConfig) -> None:
+    """One job: also in a launcher's worker process (Ray), which composes nothing and so registers here."""
+    register_resolvers()
     with finish_wandb_run():  # also when train fails: the next job in this process starts a new wandb run
         train(cfg)
+
+
+def main() -> None:
+    """``dnl-train``: the resolvers are registered before Hydra composes (the launcher config resolves some)."""
+    register_resolvers()
+    run()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@
     dnl-import-dncnn dncnn_b_gray.mat dncnn_b.ckpt                                 # blind: tested at 15/25/50
     dnl-eval ckpt=dncnn_s25.ckpt data=train400 trainer.precision=32-true           # same noisy images as ours
 
+The named models (``load_model("dncnn-s-sigma25")``) do not need this command: ``make data`` converts the verified
+release files once into the weights format (:func:`denoise_lightning.zoo.registry.install_published`), with this
+module's reader.
+
 The release files (Zhang et al., TIP 2017; see ``../shared/data/README.md``) hold a MatConvNet ``simplenn``
 struct ``net.layers``: conv+ReLU, (D-2) x [conv (+bnorm) + ReLU], conv, optionally a final ``loss`` layer.
 Filters are MATLAB arrays [H, W, Cin, Cout] (h5py reverses the axes; MATLAB drops trailing singleton axes) and
