@@ -70,6 +70,16 @@ def test_unsupported_export_fails_clearly_and_writes_nothing(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.ckpt"]
 
 
+def test_a_file_that_is_not_a_checkpoint_is_named_so_without_unsafe_advice(tmp_path, capsys):
+    (tmp_path / "notes.ckpt").write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "notes.ckpt"), "--format", "onnx", "-o", str(tmp_path / "model.onnx")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "notes.ckpt is not a PyTorch checkpoint" in err
+    assert "weights_only" not in err  # torch's advice to load with weights_only=False would run the file's code
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.ckpt"]
+
+
 @pytest.mark.slow
 def test_pooled_unet_exports_to_onnx_for_any_size(tmp_path):
     """UDnCNN pads to a multiple of 4 in Python code: the export wraps it so that odd sizes stay exact.

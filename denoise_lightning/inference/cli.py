@@ -7,8 +7,12 @@
 Files keep their format family (PNG, JPEG, TIFF), bit depth (8 or 16) and channels (grey, grey+alpha, RGB, RGBA;
 alpha is copied). EXIF and ICC profiles of PNG/JPEG files are copied. 16-bit PNGs go through pypng (Pillow reads
 16-bit colour PNGs as 8-bit), TIFFs through tifffile, the rest through Pillow. Outputs are written through a
-temporary file and a rename; an existing file (an input or an earlier output) is never replaced without
-``--overwrite``. A file that fails is reported by name and the others are still processed; the exit code is 1
+temporary file (``.dnl-tmp.<pid>.*``; those left by a killed run are removed by the next run in that folder) and
+a create-exclusive link: an existing file (an input, an earlier output, or one another run wrote meanwhile) is never
+replaced without ``--overwrite``. Every reader refuses images above ``--max-pixels`` from the header, before decoding
+(decompression bombs), and animated / multi-frame files. Float TIFFs are read as 0-1 unless ``--input-range 0-255``;
+values far outside the range, NaN and infinities are errors. An output folder inside an input folder is skipped
+when recursing. A file that fails is reported by name and the others are still processed; the exit code is 1
 when any file failed.
 """
 
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +32,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from denoise_lightning.files import atomic_output
+from denoise_lightning.files import atomic_output, remove_stale_temp_files
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 PIL_MODES = {"L", "LA", "RGB", "RGBA"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Decompression-bomb guard for every reader (Pillow, pypng, tifffile): width x height from the header, checked before
+# any pixel is decoded. Pillow's own default limit (about 89 megapixels, 0.25 GB of 8-bit RGB).
+DEFAULT_MAX_PIXELS = 89_478_485
 
 
 class ImageFileError(ValueError):
@@ -46,6 +55,14 @@ class ImageFile:
 
 
 # ---------------------------------------------------------------- reading
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -> None:
+    """Refuse an image larger than ``max_pixels`` (None or 0: no limit) from its header, before decoding it."""
+    if max_pixels and width * height > max_pixels:
+        raise ImageFileError(f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                             f"pixels (a guard against decompression bombs); if you trust this file pass "
+                             f"--max-pixels {width * height} (or max_pixels= to read_image)")
+
+
 def _png_bit_depth(path: Path) -> int:
     """Bit depth from the PNG header (IHDR), 0 if the file is not a PNG."""
     with open(path, "rb") as stream:
@@ -53,21 +70,26 @@ def _png_bit_depth(path: Path) -> int:
     return header[24] if header[:8] == PNG_SIGNATURE and header[12:16] == b"IHDR" else 0
 
 
-def _read_png16(path: Path) -> ImageFile:
+def _read_png16(path: Path, max_pixels: int | None) -> ImageFile:
     import png
 
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    reader = png.Reader(filename=str(path))
+    reader.preamble()  # the header only: size checked before any row is decoded
+    _check_pixels(path, reader.width, reader.height, max_pixels)
+    width, height, rows, info = reader.asDirect()
     planes = info["planes"]
     pixels = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
     return ImageFile(pixels[:, :, 0] if planes == 1 else pixels)
 
 
-def _read_tiff(path: Path) -> ImageFile:
+def _read_tiff(path: Path, max_pixels: int | None) -> ImageFile:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         if len(tif.pages) > 1:
             raise ImageFileError(f"{path}: multi-page TIFF ({len(tif.pages)} pages); save each page separately")
+        page = tif.pages[0]
+        _check_pixels(path, page.imagewidth, page.imagelength, max_pixels)
         series = tif.series[0]
         pixels = series.asarray()
         if series.axes == "SYX":
@@ -79,8 +101,36 @@ def _read_tiff(path: Path) -> ImageFile:
     return ImageFile(pixels)
 
 
-def _read_pillow(path: Path) -> ImageFile:
-    with Image.open(path) as image:
+@contextmanager
+def _pillow_limit_off() -> Iterator[None]:
+    """Pillow's global MAX_IMAGE_PIXELS off while opening: :func:`_check_pixels` applies the caller's limit instead
+    (Pillow would refuse a file above twice its own limit even when the user raised --max-pixels)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _open_pillow(path: Path, max_pixels: int | None) -> Image.Image:
+    """Open (header only) with the pixel limit and refuse animations: only the first frame would be denoised."""
+    with _pillow_limit_off():
+        image = Image.open(path)
+    try:
+        _check_pixels(path, *image.size, max_pixels)
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1 and image.format != "MPO":  # MPO: a camera JPEG with previews; its first frame is the photo
+            raise ImageFileError(f"{path}: animated or multi-frame image ({frames} frames, {image.format}); only "
+                                 "single images are denoised: save each frame as its own file")
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def _read_pillow(path: Path, max_pixels: int | None) -> ImageFile:
+    with _open_pillow(path, max_pixels) as image:
         metadata = {key: image.info[key] for key in ("exif", "icc_profile", "dpi") if key in image.info}
         if image.mode == "1":
             image = image.convert("L")
@@ -96,18 +146,22 @@ def _read_pillow(path: Path) -> ImageFile:
         return ImageFile(np.array(image), metadata)
 
 
-def read_image(path: str | os.PathLike) -> ImageFile:
-    """Decode a PNG, JPEG or TIFF file; errors are :class:`ImageFileError` naming the file."""
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageFile:
+    """Decode a PNG, JPEG or TIFF file; errors are :class:`ImageFileError` naming the file.
+
+    ``max_pixels``: refuse images with more pixels (width x height, read from the header before decoding), whatever
+    the reader; None or 0 for no limit. Animated / multi-frame files are refused."""
     path = Path(path)
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise ImageFileError(f"{path}: unsupported file type; accepted: {', '.join(sorted(FORMATS))}")
     try:
         if kind == "TIFF":
-            return _read_tiff(path)
+            return _read_tiff(path, max_pixels)
         if kind == "PNG" and _png_bit_depth(path) == 16:
-            return _read_png16(path)
-        return _read_pillow(path)
+            _open_pillow(path, max_pixels).close()  # size and animation (APNG) from the header; pypng ignores both
+            return _read_png16(path, max_pixels)
+        return _read_pillow(path, max_pixels)
     except ImageFileError:
         raise
     except FileNotFoundError:
@@ -140,26 +194,36 @@ def _write(stream, image: ImageFile, kind: str, jpeg_quality: int) -> None:
         Image.fromarray(pixels).save(stream, format=kind, **image.metadata, **options)
 
 
-def write_image(path: str | os.PathLike, image: ImageFile, jpeg_quality: int = 95) -> None:
-    """Encode ``image`` in the format of ``path``'s suffix, atomically (:func:`atomic_output`)."""
+def write_image(path: str | os.PathLike, image: ImageFile, jpeg_quality: int = 95, overwrite: bool = True) -> None:
+    """Encode ``image`` in the format of ``path``'s suffix, atomically (:func:`atomic_output`).
+
+    ``overwrite=False``: never replace an existing ``path``, even one created by another process while encoding
+    (``FileExistsError``)."""
     path = Path(path)
     kind = FORMATS[path.suffix.lower()]
     if kind == "JPEG" and image.pixels.dtype != np.uint8:
         raise ImageFileError(f"{path}: JPEG holds 8-bit images only, got {image.pixels.dtype}")
-    with atomic_output(path) as tmp, open(tmp, "wb") as stream:
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as stream:
         _write(stream, image, kind, jpeg_quality)
 
 
 # ---------------------------------------------------------------- files
 def collect_jobs(inputs: list[Path], output_dir: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """(source, destination) pairs and error lines. A folder contributes its image files (recursively, hidden
-    files skipped) under the same relative paths; a file goes to ``output_dir / name``."""
+    """(source, destination) pairs and error lines. A folder contributes its image files (recursively; hidden files
+    and an ``output_dir`` inside the folder skipped) under the same relative paths; a file goes to
+    ``output_dir / name``."""
     jobs: list[tuple[Path, Path]] = []
     errors: list[str] = []
+    output_root = output_dir.resolve()
     for item in inputs:
         if item.is_dir():
+            # an output folder inside the input folder holds earlier outputs: never denoise them again
+            inner_output = output_root if item.resolve() in output_root.parents else None
             files = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in FORMATS
-                           and not any(part.startswith(".") for part in p.relative_to(item).parts))
+                           and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                           and (inner_output is None or inner_output not in p.resolve().parents))
             if not files:
                 errors.append(f"{item}: no image files ({', '.join(sorted(FORMATS))}) in this folder")
             jobs += [(path, output_dir / path.relative_to(item)) for path in files]
@@ -180,25 +244,45 @@ def collect_jobs(inputs: list[Path], output_dir: Path) -> tuple[list[tuple[Path,
     return unique, errors
 
 
-def denoise_file(source: Path, destination: Path, model, overwrite: bool, jpeg_quality: int, **options) -> None:
-    """Read, denoise and write one file; raises :class:`ImageFileError` / ``ValueError`` naming it."""
+def denoise_file(source: Path, destination: Path, model, overwrite: bool, jpeg_quality: int,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, **options) -> None:
+    """Read, denoise and write one file; raises :class:`ImageFileError` naming it (and its output)."""
     from denoise_lightning.inference.tiling import denoise
 
     if destination.exists() and not overwrite:
         same = destination.resolve() == source.resolve()
         raise ImageFileError(f"{source}: {'this input would be replaced' if same else f'{destination} exists'}; "
                              "pass --overwrite to replace it")
-    image = read_image(source)
+    image = read_image(source, max_pixels)
     try:
         image.pixels = denoise(image.pixels, model, **options)
     except ValueError as error:
         raise ImageFileError(f"{source}: {error}") from error
-    write_image(destination, image, jpeg_quality)
+    try:
+        write_image(destination, image, jpeg_quality, overwrite=overwrite)
+    except FileExistsError:
+        raise ImageFileError(f"{source}: {destination} was created by another process while this one was "
+                             "denoising; kept it (pass --overwrite to replace it)") from None
+    except OSError as error:  # name the input and the output, not the hidden temporary file
+        raise ImageFileError(f"{source}: cannot write {destination}: {error.strerror or error}") from None
 
 
 # ---------------------------------------------------------------- command line
+def _int_in(low: int, high: int | None):
+    """An argparse type: an integer in low..high (high None: no upper bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{'' if high is None else high}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from denoise_lightning.inference.tiling import DEFAULT_MEMORY_MB, NOISE_KINDS
+    from denoise_lightning.inference.tiling import DEFAULT_MEMORY_MB, INPUT_RANGES, NOISE_KINDS
     from denoise_lightning.zoo.registry import PUBLISHED_MODELS
 
     parser = argparse.ArgumentParser(
@@ -224,7 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-mb", type=float, default=DEFAULT_MEMORY_MB,
                         help="memory budget for the network's activations per batch of tiles (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files, inputs included")
-    parser.add_argument("--jpeg-quality", type=int, default=95, help="quality of JPEG outputs (default %(default)s)")
+    parser.add_argument("--jpeg-quality", type=_int_in(1, 100), default=95,
+                        help="quality of JPEG outputs, 1-100 (default %(default)s; Pillow advises at most 95)")
+    parser.add_argument("--max-pixels", type=_int_in(0, None), default=DEFAULT_MAX_PIXELS,
+                        help="refuse images with more pixels (width x height, read before decoding: a guard against "
+                             "decompression bombs); 0 for no limit (default %(default)s, Pillow's)")
+    parser.add_argument("--input-range", choices=INPUT_RANGES, default="0-1",
+                        help="value range of float (32-bit TIFF) inputs; outputs keep it (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default %(default)s)")
     return parser
 
@@ -246,6 +336,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     for message in messages:
         console.print(f"[yellow]dnl-denoise: warning:[/yellow] {escape(message)}")
+    if args.output.exists() and not args.output.is_dir():
+        console.print(f"[red]dnl-denoise: error:[/red] -o {escape(str(args.output))} is an existing file; -o takes "
+                      "a folder (it is created if missing)")
+        raise SystemExit(2)
 
     jobs, errors = collect_jobs(args.inputs, args.output)
     for error in errors:
@@ -255,12 +349,17 @@ def main(argv: list[str] | None = None) -> None:
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("files", total=len(jobs))
         tiles = progress.add_task("tiles", total=None)
+        cleaned: set[Path] = set()
         for source, destination in jobs:
             progress.update(task, description=source.name)
             progress.reset(tiles)
+            if destination.parent not in cleaned:  # leftovers of a killed earlier run
+                cleaned.add(destination.parent)
+                for stale in remove_stale_temp_files(destination.parent):
+                    progress.console.print(f"removed {escape(str(stale))}, left by an interrupted run")
             try:
-                denoise_file(source, destination, model, args.overwrite, args.jpeg_quality,
-                             tile_size=args.tile_size, memory_mb=args.memory_mb,
+                denoise_file(source, destination, model, args.overwrite, args.jpeg_quality, args.max_pixels,
+                             input_range=args.input_range, tile_size=args.tile_size, memory_mb=args.memory_mb,
                              progress=lambda done, total: progress.update(tiles, completed=done, total=total))
             except (ImageFileError, OSError) as error:
                 failed += 1

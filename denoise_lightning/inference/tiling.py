@@ -11,6 +11,7 @@ differ only by floating-point reordering: no seams, no blending weights.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -77,6 +78,9 @@ def check_noise(model: nn.Module, noise: str | None = None, sigma: float | None 
     kind raises :class:`NoiseMismatchError`; a level a non-blind model was not trained at, or outside a blind
     model's training range, gives a message (returned, for the caller to show).
     """
+    for key, value in (("sigma", sigma), ("peak", peak)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise TypeError(f"{key} must be a number, got {type(value).__name__} {value!r}")
     if noise is not None and noise not in NOISE_KINDS:
         raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
     if sigma is not None and sigma < 0:
@@ -193,15 +197,57 @@ def choose_tiling(network: nn.Module, height: int, width: int, tile_size: int | 
 
 
 # ---------------------------------------------------------------- denoise
-def _scale_of(dtype: np.dtype) -> float:
-    """Full-scale value of an image dtype: 255 (uint8), 65535 (uint16), 1 (float in [0, 1])."""
+INPUT_RANGES = {"0-1": 1.0, "0-255": 255.0}
+# Float inputs may overshoot their range by this fraction of it on either side: the noise of an unclipped noisy
+# image. Checked on the 0.1% and 99.9% quantiles, so a few extreme noise samples never count: 0.75 is 3.5 sigma at
+# sigma 55 (0-255 scale), the top level of DnCNN-B. Further out the range is wrong (0-255, -1..1) and it is an error.
+RANGE_MARGIN = 0.75
+RANGE_QUANTILES = (0.001, 0.999)
+
+
+def _scale_of(dtype: np.dtype, input_range: str = "0-1") -> float:
+    """Full-scale value of an image dtype: 255 (uint8), 65535 (uint16), 1 or 255 (float, per ``input_range``)."""
     if dtype == np.uint8:
         return 255.0
     if dtype == np.uint16:
         return 65535.0
     if np.issubdtype(dtype, np.floating):
-        return 1.0
+        return INPUT_RANGES[input_range]
     raise TypeError(f"image dtype must be uint8, uint16 or float (values in [0, 1]), got {dtype}")
+
+
+def _check_image(image: Any, input_range: str) -> float:
+    """Refuse what :func:`denoise` would get silently wrong; returns the full-scale value of ``image``."""
+    if not isinstance(image, np.ndarray):
+        hint = ("convert it with tensor.cpu().numpy() (and permute (C, H, W) to (H, W, C))"
+                if isinstance(image, torch.Tensor) else "convert it with np.asarray(image, dtype=np.float32)")
+        raise TypeError(f"image must be a numpy array (H, W) or (H, W, C), got {type(image).__name__}: {hint}")
+    if input_range not in INPUT_RANGES:
+        raise ValueError(f"input_range must be one of {sorted(INPUT_RANGES)}, got {input_range!r}")
+    scale = _scale_of(image.dtype, input_range)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 2, 3, 4)):
+        raise ValueError(f"image must be (H, W) or (H, W, C) with C in 1..4, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty (shape {image.shape}): nothing to denoise")
+    if np.issubdtype(image.dtype, np.floating):
+        colour = image[:, :, :-1] if image.ndim == 3 and image.shape[2] in (2, 4) else image
+        finite = np.isfinite(colour)
+        if not finite.all():
+            where = tuple(int(i) for i in np.argwhere(~finite)[0][:2])
+            raise ValueError(f"image has {int(finite.size - finite.sum())} NaN or infinite value(s) (first at "
+                             f"row, column {where}); the network would spread each over its receptive field: "
+                             "replace them first (e.g. np.nan_to_num)")
+        step = max(1, math.isqrt(colour.shape[0] * colour.shape[1] // 2**20))  # quantiles of at most ~1M pixels
+        low, high = (float(q) for q in np.quantile(colour[::step, ::step], RANGE_QUANTILES))
+        margin = RANGE_MARGIN * scale
+        if low < -margin or high > scale + margin:
+            looks_255 = input_range == "0-1" and high > 1.0 + RANGE_MARGIN
+            fix = ("the values look like the 0-255 scale: pass input_range='0-255' (dnl-denoise --input-range 0-255)"
+                   if looks_255 else f"rescale the image to {input_range} first")
+            raise ValueError(f"float image values span [{float(colour.min()):g}, {float(colour.max()):g}] (99.8% "
+                             f"within [{low:g}, {high:g}]), outside the input range {input_range} (allowed overshoot "
+                             f"{margin:g} on either side, for noise); {fix}")
+    return scale
 
 
 def _batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
@@ -216,24 +262,27 @@ def _batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
 
 def denoise(image: np.ndarray, model: nn.Module, sigma: float | None = None, noise: str | None = None,
             peak: float | None = None, tile_size: int | None = None, memory_mb: float = DEFAULT_MEMORY_MB,
-            clip: bool = True, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+            clip: bool = True, progress: Callable[[int, int], None] | None = None,
+            input_range: str = "0-1") -> np.ndarray:
     """Denoise one image with ``model``; returns an array of the same shape and dtype.
 
     Args:
-        image: (H, W) or (H, W, C) array, uint8 (0-255), uint16 (0-65535) or float (in [0, 1]). With C = 2 or
-            4 the last channel is alpha and is passed through. A grey model (1 input channel) denoises each
-            colour channel separately; a colour model (3 input channels) takes RGB directly.
+        image: (H, W) or (H, W, C) numpy array, uint8 (0-255), uint16 (0-65535) or float (in [0, 1], or
+            [0, 255] with ``input_range="0-255"``). With C = 2 or 4 the last channel is alpha and is passed through.
+            Float colour values must be finite, and their 0.1% / 99.9% quantiles within the range widened by
+            ``RANGE_MARGIN`` of it on each side (the overshoot of unclipped noise); otherwise, and for empty images,
+            a ``ValueError`` says what was found and the fix. Not a numpy array: ``TypeError``. A grey model (1 input
+            channel) denoises each colour channel separately; a colour model (3 input channels) takes RGB directly.
         model: a network in eval mode (see :func:`load_model`); it runs in its own dtype and device.
         sigma, noise, peak: the noise of the input as declared by the caller, checked by :func:`check_noise`
             (a :class:`NoiseLevelWarning` when the model cannot use the level). They do not change the output.
         tile_size: tile core size in pixels; by default derived from ``memory_mb``.
         memory_mb: budget for the network's activations of one batch of tiles (MB).
-        clip: clip float outputs to [0, 1] (integer outputs are always clipped and rounded).
+        clip: clip float outputs to the input range (integer outputs are always clipped and rounded).
         progress: called as ``progress(tiles_done, tiles_total)`` after each batch of tiles.
+        input_range: ``"0-1"`` (default) or ``"0-255"``: the scale of a float image (output on the same scale).
     """
-    scale = _scale_of(image.dtype)
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 2, 3, 4)):
-        raise ValueError(f"image must be (H, W) or (H, W, C) with C in 1..4, got shape {image.shape}")
+    scale = _check_image(image, input_range)
     if model.training:
         raise ValueError("model is in training mode (batch norm would use tile statistics): call model.eval()")
     for message in check_noise(model, noise, sigma, peak):
@@ -273,7 +322,7 @@ def denoise(image: np.ndarray, model: nn.Module, sigma: float | None = None, noi
 
 
 def _to_dtype(values: np.ndarray, dtype: np.dtype, scale: float, clip: bool) -> np.ndarray:
-    """Float values in [0, 1] -> ``dtype``: integers are clipped, scaled and rounded."""
+    """Float values in [0, 1] -> ``dtype`` on the input's scale: integers are clipped, scaled and rounded."""
     if np.issubdtype(dtype, np.integer):
         return np.rint(np.clip(values, 0.0, 1.0) * scale).astype(dtype)
-    return (np.clip(values, 0.0, 1.0) if clip else values).astype(dtype)
+    return ((np.clip(values, 0.0, 1.0) if clip else values) * scale).astype(dtype)

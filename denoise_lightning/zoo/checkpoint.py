@@ -9,6 +9,7 @@ an allowlist (the package's networks, noise models and losses) with plain keywor
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,38 @@ def build(config: Any, allowed: Mapping[str, type], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _unreadable_message(path: Path, error: Exception) -> str:
+    """Why torch.load(weights_only=True) refused ``path``, without torch's advice to load with weights_only=False
+    (which would run any code the file holds)."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    if found:
+        return (f"{path} is a checkpoint that stores the Python object {found.group(1)} (not only tensors and plain "
+                "values); it is refused because loading it could run arbitrary code. Re-save it with plain "
+                "hyper-parameters (dicts, numbers, strings)")
+    return (f"{path} is not a PyTorch checkpoint, or is damaged ({type(error).__name__}): expected a .ckpt written by "
+            "dnl-train, a weights .json/.safetensors pair, a DnCNN .mat file, or a model name")
+
+
+def _mismatch_message(path: Path, where: str, config: Any, expected: Mapping, given: Mapping) -> str | None:
+    """The first difference between the network built from ``config`` and the checkpoint's weights, if any."""
+    for key, tensor in expected.items():
+        if key in given and tuple(given[key].shape) != tuple(tensor.shape):
+            count = sum(1 for k, t in expected.items() if k in given and tuple(given[k].shape) != tuple(t.shape))
+            return (f"{path}: the weights do not fit the architecture in its config ({where}={config!r}): {key} has "
+                    f"shape {tuple(given[key].shape)} in the checkpoint but {tuple(tensor.shape)} in that network "
+                    f"({count} tensor(s) differ); the config and the weights come from different networks")
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    if missing or unexpected:
+        detail = "; ".join(part for part in (
+            f"{len(missing)} tensor(s) missing from the checkpoint, first {missing[0]}" if missing else "",
+            f"{len(unexpected)} tensor(s) the network does not have, first {unexpected[0]}" if unexpected else "")
+            if part)
+        return (f"{path}: the weights do not fit the architecture in its config ({where}={config!r}): {detail}; the "
+                "config and the weights come from different networks")
+    return None
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     """The contents of a checkpoint file, read with ``weights_only=True`` (tensors and plain containers only)."""
     path = Path(path)
@@ -93,7 +126,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for corrupt / foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+        raise CheckpointError(_unreadable_message(path, error)) from error
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     return checkpoint
@@ -123,9 +156,13 @@ def network_from_checkpoint(path: str | os.PathLike, map_location: str = "cpu",
     state = checkpoint.get("state_dict")
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path} has no state_dict")
+    weights = {k[len(prefix):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
+    message = _mismatch_message(path, where, network_cfg, network.state_dict(),
+                                {k: v for k, v in weights.items() if hasattr(v, "shape")})
+    if message is not None:
+        raise CheckpointError(message)
     try:
-        network.load_state_dict({k[len(prefix):]: v for k, v in state.items()
-                                 if isinstance(k, str) and k.startswith(prefix)})
-    except RuntimeError as error:  # missing / unexpected keys, wrong shapes
+        network.load_state_dict(weights)
+    except RuntimeError as error:  # anything the comparison above did not catch
         raise CheckpointError(f"{path}: the weights do not fit {where}: {error}") from error
     return network.to(map_location).eval()
