@@ -21,7 +21,8 @@ from PIL import Image
 from denoise_lightning import denoise, load_model
 from denoise_lightning.files import TEMP_PREFIX, atomic_output
 from denoise_lightning.inference import tiling
-from denoise_lightning.inference.cli import ImageFileError, main, read_image
+from denoise_lightning.inference.cli import main
+from denoise_lightning.inference.images import ImageFileError, read_image
 from denoise_lightning.models.dncnn import DnCNN
 from denoise_lightning.zoo.import_dncnn import noise_config, save_as_checkpoint
 

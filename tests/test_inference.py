@@ -16,7 +16,8 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
 from denoise_lightning import denoise, load_model
-from denoise_lightning.inference.cli import main, read_image
+from denoise_lightning.inference.cli import main
+from denoise_lightning.inference.images import read_image
 from denoise_lightning.inference.tiling import (
     NoiseLevelWarning,
     NoiseMismatchError,
