@@ -64,8 +64,10 @@ def test_collect_errors_name_the_bad_input(tmp_path):
         collect([tmp_path / "no_such_sweep"])
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "results.json").write_text("{truncated")
-    with pytest.raises(ValueError, match=r"run/results.json is not valid JSON"):
-        collect([tmp_path])
-    assert not (tmp_path / "results.csv").exists()
+    collection = collect([tmp_path])  # marked invalid with the reason; the (empty) tables are still written
+    assert collection.summary["jobs"][0]["status"] == "invalid"
+    assert "results.json is not valid JSON" in collection.summary["jobs"][0]["error"]
+    assert "results.json is not valid JSON" in collection.summary_md.read_text()
+    assert collection.results_csv.exists()
     with pytest.raises(ValueError, match="--out"):
         collect([tmp_path, tmp_path / "run"])

@@ -10,8 +10,12 @@ output folder (default: the only root):
   ``noise.blind``, ``loss.edge_weight``), what it was (network, params, MACs per pixel, noise type, blind, loss,
   edge weight) and its test metrics (``psnr``, ``ssim``, ``psnr_noisy``, ``ssim_noisy``).
 * ``stages.csv``: one row per run x cascade stage (conv layers, params, validation PSNR/SSIM at the stage's end).
-* ``sweep_summary.json`` / ``.md``: every job's status (completed / failed / incomplete / not started) and, for a
-  failed job, its exception. "not started" needs the sweep's ``multirun.yaml`` (Hydra's basic sweeper).
+* ``sweep_summary.json`` / ``.md``: every job's status (completed / failed / incomplete / not started / stale /
+  invalid) and, for a failed job, its exception. "not started" needs the sweep's ``multirun.yaml`` (Hydra's basic
+  sweeper). A folder whose ``results.json`` cannot be reported as its own gives no rows and says why: "invalid" (not
+  JSON, not an object, missing keys; also an unreadable ``job_status.json`` or ``run.json``), "stale" (its run id
+  or config hash differs from the ``run.json`` / ``config.yaml`` beside it: another run wrote the config since).
+  The rows of every other folder are still written.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from denoise_lightning.files import atomic_write_text
+from denoise_lightning.training.results import RUN_FILE, results_problem
 
 METRICS = ("psnr", "ssim", "psnr_noisy", "ssim_noisy")
 JOB_STATUS_FILE = "job_status.json"  # written per job by sweeps.status.SweepStatus
@@ -45,7 +50,7 @@ class Job:
     root: Path
     path: Path
     overrides: list[str]
-    status: str                          # completed | failed | incomplete
+    status: str                          # completed | failed | incomplete | stale | invalid
     error: str | None = None
     results: dict[str, Any] | None = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -67,11 +72,21 @@ class Collection:
     summary_md: Path
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+STATUSES = ("completed", "failed", "incomplete", "not_started", "stale", "invalid")
+
+
+class InvalidRunFile(ValueError):
+    """A file of a run folder that cannot be read (not JSON, or not the expected layout)."""
+
+
+def _read_json(path: Path, kind: type = dict) -> Any:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); delete it or rerun that job") from error
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidRunFile(f"{path.name} is not valid JSON ({error}); delete it or rerun that job") from error
+    if kind is not None and not isinstance(value, kind):
+        raise InvalidRunFile(f"{path.name} holds a {type(value).__name__}, not an object")
+    return value
 
 
 def find_job_dirs(root: Path) -> list[Path]:
@@ -86,13 +101,28 @@ def read_job(root: Path, path: Path) -> Job:
     overrides_file = path / ".hydra" / "overrides.yaml"
     overrides = [str(item) for item in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
     status_file, results_file, config_file = path / JOB_STATUS_FILE, path / "results.json", path / "config.yaml"
-    status_record = _read_json(status_file) if status_file.is_file() else {}
-    results = _read_json(results_file) if results_file.is_file() else None
+    config_text = config_file.read_text() if config_file.is_file() else None
+    status_record, results, problem, config = {}, None, None, {}
+    try:
+        try:
+            config = OmegaConf.to_container(OmegaConf.create(config_text)) if config_text else {}
+        except Exception as error:  # noqa: BLE001 - any YAML / OmegaConf error: the file is unusable
+            raise InvalidRunFile(f"config.yaml cannot be read ({type(error).__name__}: {error})") from error
+        if not isinstance(config, dict):
+            raise InvalidRunFile("config.yaml is not a mapping")
+        status_record = _read_json(status_file) if status_file.is_file() else {}
+        run = _read_json(path / RUN_FILE) if (path / RUN_FILE).is_file() else None
+        results = _read_json(results_file, kind=None) if results_file.is_file() else None
+        problem = results_problem(results, run, config_text) if results is not None else None
+    except InvalidRunFile as error:
+        problem = str(error)
+    overrides = overrides or list(status_record.get("overrides", []))
+    if problem is not None:  # nothing of this folder is reported as a result
+        return Job(root, path, overrides, "stale" if problem.startswith("stale") else "invalid", problem, None,
+                   config)
     # no job_status.json: written before this callback existed (or by dnl-eval), or the job is running / was killed
     status = status_record.get("status") or ("completed" if results is not None else "incomplete")
-    config = OmegaConf.to_container(OmegaConf.load(config_file)) if config_file.is_file() else {}
-    return Job(root, path, overrides or status_record.get("overrides", []), status, status_record.get("error"),
-               results, config)
+    return Job(root, path, overrides, status, status_record.get("error"), results, config)
 
 
 def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
@@ -185,8 +215,8 @@ def summarize(roots: Sequence[Path], jobs: Sequence[Job]) -> dict[str, Any]:
         seen = [sorted(job.overrides) for job in jobs if job.root == root]
         entries += [{"sweep": str(root), "job": None, "status": "not_started", "overrides": overrides}
                     for overrides in expected or [] if sorted(overrides) not in seen]
-    counts = {status: sum(entry["status"] == status for entry in entries)
-              for status in ("completed", "failed", "incomplete", "not_started")}
+    counts = {status: sum(entry["status"] == status for entry in entries) for status in STATUSES}
+    counts = {status: n for status, n in counts.items() if n or status not in ("stale", "invalid")}  # only if any
     return {"roots": [str(root) for root in roots], "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "counts": counts, "jobs": entries}
 
@@ -254,7 +284,8 @@ def print_summary(collection: Collection, console: Console | None = None) -> Non
     table = Table(title=" | ".join(f"{n} {s.replace('_', ' ')}" for s, n in summary["counts"].items()))
     for column in ("job", "status", "overrides", "error"):
         table.add_column(column, overflow="fold")
-    styles = {"completed": "green", "failed": "red", "incomplete": "yellow", "not_started": "yellow"}
+    styles = {"completed": "green", "failed": "red", "incomplete": "yellow", "not_started": "yellow",
+              "stale": "red", "invalid": "red"}
     for entry in summary["jobs"]:
         error = (entry.get("error") or "").splitlines()[0] if entry.get("error") else ""
         table.add_row(entry["job"] or "-", f"[{styles[entry['status']]}]{entry['status']}", _job_label(entry, keys),
@@ -275,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         parser.exit(2, f"dnl-collect: {error}\n")
     print_summary(collection)
-    return 1 if collection.summary["counts"]["failed"] else 0
+    counts = collection.summary["counts"]
+    return 1 if counts["failed"] or counts.get("stale") or counts.get("invalid") else 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Training draws random ``patch_size`` patches with one of the 8 flips/rotations from images decoded once and kept
 in memory as uint8; a :class:`PatchSampler` in the main process decides every patch (image, position, transform)
-from a generator seeded by (seed, epoch), so an epoch is reproducible and a resumed run sees the same patches.
+from a generator seeded by (seed, epoch), so an epoch is reproducible and a resumed run sees the same patches. The
+epoch is the trainer's ``current_epoch`` when an epoch's iteration starts (not the epoch Lightning passes to
+``set_epoch``, which is one ahead after a resume from a checkpoint written at the end of an epoch).
 Noise is added later, on the device, by the LightningModule.
 
 Test sets are named folders evaluated on full images. A source is either a folder of images or ``skimage://train``
@@ -13,7 +15,7 @@ data, usable without any download).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -105,15 +107,19 @@ def load_source(source: str, channels: int = 1) -> tuple[list[str], list[np.ndar
 class PatchSampler(Sampler):
     """Yields ``(image, top, left, transform)`` for ``patches_per_image`` random patches of every image.
 
-    The order and positions are a pure function of (seed, epoch); Lightning calls :meth:`set_epoch`.
+    The order and positions are a pure function of (seed, epoch). The epoch is read when an iteration starts: from
+    ``epoch_source()`` when given (the data module passes the trainer's ``current_epoch``), else the value of
+    :meth:`set_epoch`.
     """
 
-    def __init__(self, sizes: Sequence[tuple[int, int]], patch_size: int, patches_per_image: int, seed: int = 0):
+    def __init__(self, sizes: Sequence[tuple[int, int]], patch_size: int, patches_per_image: int, seed: int = 0,
+                 epoch_source: Callable[[], int | None] | None = None):
         self.sizes = list(sizes)
         self.patch_size = patch_size
         self.patches_per_image = patches_per_image
         self.seed = seed
         self.epoch = 0
+        self.epoch_source = epoch_source
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -122,7 +128,9 @@ class PatchSampler(Sampler):
         return len(self.sizes) * self.patches_per_image
 
     def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        epoch = self.epoch_source() if self.epoch_source is not None else None
+        epoch = self.epoch if epoch is None else epoch
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         heights, widths = (torch.tensor(v) for v in zip(*self.sizes, strict=True))
         images = torch.arange(len(self.sizes)).repeat_interleave(self.patches_per_image)
         images = images[torch.randperm(len(images), generator=generator)]
@@ -241,11 +249,17 @@ class DenoiseDataModule(L.LightningDataModule):
             images = [image for source in self.train_sources for image in load_source(source, self.channels)[1]]
             self._train = PatchDataset(images, self.patch_size)
 
+    def _trainer_epoch(self) -> int | None:
+        return self.trainer.current_epoch if self.trainer is not None else None
+
     def train_dataloader(self) -> DataLoader:
+        """Patches of the epoch the trainer is in. The loader's own generator (not the global RNG) seeds its
+        workers, which draw nothing random: every patch is decided by the sampler."""
         sampler = PatchSampler([im.shape[:2] for im in self._train.images], self.patch_size,
-                               self.patches_per_image, self.seed)
+                               self.patches_per_image, self.seed, epoch_source=self._trainer_epoch)
         return DataLoader(self._train, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:

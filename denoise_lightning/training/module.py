@@ -16,11 +16,13 @@ passed as an instance.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -75,6 +77,40 @@ def _build(spec: Mapping | DictConfig | nn.Module, allowed: Mapping[str, type],
         return spec, None
     plain = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
     return build(plain, allowed, where), plain
+
+
+def global_rng_states() -> dict[str, Any]:
+    """The state of the global torch (CPU and CUDA), numpy and Python RNGs, as tensors and plain values only (a
+    checkpoint holding it still loads with ``torch.load(weights_only=True)``)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)),
+                                                                       position, has_gauss, cached],
+                              "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_global_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore what :func:`global_rng_states` returned."""
+    torch.set_rng_state(states["torch"].cpu())
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
+
+
+def _undo_extra_step_count(checkpoint: dict) -> None:
+    """Lightning (2.6) adds one to ``_batches_that_stepped`` (the ``step`` of logged rows) when a step-limited run
+    (``max_steps``) resumes from a checkpoint written in ``on_train_epoch_end``, as last.ckpt is: take it off
+    beforehand, so the resumed run logs the steps of an uninterrupted one."""
+    loops = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs, state = loops.get("epoch_progress", {}).get("total"), loops.get("epoch_loop.state_dict")
+    if epochs and state and "_batches_that_stepped" in state and (
+            epochs["ready"] == epochs["started"] == epochs["processed"] == epochs["completed"] + 1):
+        state["_batches_that_stepped"] -= 1
 
 
 class DenoiseModule(L.LightningModule):
@@ -192,13 +228,31 @@ class DenoiseModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["network_config"] = self.network_config()
+        checkpoint["rng_states"] = global_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Rebuild the network of the checkpoint's stage before its weights are loaded."""
+        """Rebuild the network of the checkpoint's stage before its weights are loaded; restore the global RNGs.
+
+        Patches and training noise come from generators seeded by (seed, epoch) and (seed, step, rank), so they
+        need no saved state; the global torch / numpy / Python RNGs (used by e.g. the initialisation of blocks a
+        cascade inserts) are restored as they were when the checkpoint was written."""
+        if self._trainer is not None and self._trainer.state.fn == "fit":  # resuming, not loading weights to test
+            if checkpoint.get("rng_states") is not None:
+                set_global_rng_states(checkpoint["rng_states"])
+            if self._trainer.max_steps != -1:
+                _undo_extra_step_count(checkpoint)
         saved = checkpoint.get("network_config")
         if saved is not None and saved != self.network_config():
             self.network = build(saved, network_targets(), "network_config").to(self.device)
             self.format_network()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Keep the ``step`` of logged rows equal to the optimizer step after a resume (see
+        :func:`_undo_extra_step_count`; a guard should Lightning count otherwise): with one optimizer and no
+        gradient accumulation the two counts are the same."""
+        loop = self.trainer.fit_loop.epoch_loop
+        if self.trainer.accumulate_grad_batches == 1 and loop._batches_that_stepped != self.global_step:
+            loop._batches_that_stepped = self.global_step
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: tuple, batch_idx: int) -> None:

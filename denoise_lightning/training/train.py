@@ -15,16 +15,20 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from denoise_lightning import load_model
+from denoise_lightning.files import atomic_write_text
 from denoise_lightning.models.complexity import count_parameters, macs_per_pixel, receptive_field
 from denoise_lightning.provenance import describe, environment
 from denoise_lightning.training.callbacks import CascadeTraining
+from denoise_lightning.training.loggers import ResumableCSVLogger
 from denoise_lightning.training.resolvers import register_resolvers
-from denoise_lightning.training.results import print_results, write_results
+from denoise_lightning.training.results import print_results, start_run, write_results
 from denoise_lightning.training.tracking import finish_wandb_run, log_resolved_config
 
 # The configs ship inside the package (conf/__init__.py makes it one), so an installed wheel finds them wherever it
@@ -76,11 +80,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    run = None
+    if rank_zero_only.rank == 0:  # one run record per run, also under DDP (every rank runs train)
+        # results of an earlier run in this folder are moved aside first: a run that fails leaves none
+        config_text = OmegaConf.to_yaml(cfg, resolve=True)
+        run = start_run(output_dir, config_text)
+        atomic_write_text(output_dir / "config.yaml", config_text)
 
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module, _recursive_=False)
     trainer = build_trainer(cfg)
+    if cfg.get("ckpt_path") and Path(cfg.ckpt_path).is_file():  # before any logging: the CSV log continues
+        step = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        for logger in trainer.loggers:
+            if isinstance(logger, ResumableCSVLogger):
+                logger.keep_rows_before(step, cfg.ckpt_path)
     log_resolved_config(trainer, cfg)
     if cfg.get("init_from"):
         # start from a trained network (e.g. DN-ResNet-13 for DS evolution); its architecture must match the model
@@ -95,7 +109,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         test_ckpt = None  # nothing was saved: test the weights in memory
     stages = [row for callback in trainer.callbacks if isinstance(callback, CascadeTraining) for row in callback.rows]
     return test_and_report(cfg, trainer, module, datamodule, test_ckpt, train_seconds=round(train_seconds, 2),
-                           global_steps=trainer.global_step, epochs=trainer.current_epoch, stages=stages)
+                           global_steps=trainer.global_step, epochs=trainer.current_epoch, stages=stages,
+                           run=run and {"id": run["id"], "config_sha256": run["config_sha256"]})
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
