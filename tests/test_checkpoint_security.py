@@ -133,6 +133,17 @@ def test_a_hyper_parameter_that_is_not_plain_is_refused(checkpoint, tmp_path):
         load_model(path)
 
 
+@pytest.mark.parametrize("key, value", [("channels", 9_000), ("channels", 10**6), ("num_layers", 10**7)])
+def test_an_oversized_network_is_refused_before_any_memory_is_allocated(key, value, checkpoint, tmp_path):
+    """A config asking for ~10^14 parameters would exhaust memory while being built; it is measured on the meta
+    device and refused, naming the key's network and the count."""
+    network = {**checkpoint["network_config"], key: value}
+    path = save(tampered(checkpoint, "network_config", network), tmp_path / "huge.ckpt")
+    with pytest.raises(CheckpointError, match=rf"network_config(: .* would hold [\d,]+ parameters|\.{key}={value}: "
+                                              "more than)"):
+        load_model(path)
+
+
 def test_dnl_eval_dnl_denoise_and_a_resumed_run_refuse_a_hostile_checkpoint(checkpoint, tmp_path, capsys):
     config, written = gadgets(tmp_path)["pathlib.Path.write_text"]
     gadget = "pathlib.Path.write_text"

@@ -21,6 +21,10 @@ from denoise_lightning.models import NETWORKS
 
 # The values a config from a checkpoint may hold: these, and lists / tuples / str-keyed dicts of these.
 PLAIN_TYPES = (bool, int, float, str, type(None))
+# The most parameters + buffers a config may ask for (400 MB in fp32): the package's networks hold under 1M, the
+# largest published denoisers ~30M. Checked on the meta device, before any memory is allocated.
+MAX_ELEMENTS = 100_000_000
+MAX_COUNT = 10_000  # the largest integer or list length in a network config (channels, layers, blocks)
 
 
 class CheckpointError(ValueError):
@@ -83,7 +87,29 @@ def build(config: Any, allowed: Mapping[str, type], where: str) -> Any:
             raise CheckpointError(f"{where}.{key}={value!r}: {key!r} is not a keyword argument of {target}")
         check_plain(value, f"{where}.{key}")
         kwargs[key] = value
+    if cls in NETWORKS.values():
+        _check_size(cls, kwargs, target, where)
     return cls(**kwargs)
+
+
+def _check_size(cls: type[nn.Module], kwargs: dict[str, Any], target: str, where: str) -> None:
+    """Refuse a config whose module would hold more than :data:`MAX_ELEMENTS` parameters and buffers (a hostile
+    ``channels=10**6`` would otherwise exhaust memory while building), measured on the meta device."""
+    for key, value in kwargs.items():  # a count in the millions would take minutes to build even on meta
+        count = len(value) if isinstance(value, (list, tuple)) else value
+        if isinstance(count, int) and count > MAX_COUNT:
+            shown = count if isinstance(value, int) else f"[{count} items]"
+            raise CheckpointError(f"{where}.{key}={shown}: more than the {MAX_COUNT:,} a network config may ask "
+                                  "for; the file is damaged or hostile")
+    try:
+        with torch.device("meta"):
+            probe = cls(**kwargs)
+    except Exception:  # a bad argument: the real construction below reports it
+        return
+    elements = sum(t.numel() for t in (*probe.parameters(), *probe.buffers()))
+    if elements > MAX_ELEMENTS:
+        raise CheckpointError(f"{where}: {target} with {kwargs} would hold {elements:,} parameters, more than the "
+                              f"{MAX_ELEMENTS:,} a config may ask for; the file is damaged or hostile")
 
 
 def _unreadable_message(path: Path, error: Exception) -> str:
