@@ -246,14 +246,6 @@ class DenoiseModule(L.LightningModule):
             self.network = build(saved, network_targets(), "network_config").to(self.device)
             self.format_network()
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """Keep the ``step`` of logged rows equal to the optimizer step after a resume (see
-        :func:`_undo_extra_step_count`; a guard should Lightning count otherwise): with one optimizer and no
-        gradient accumulation the two counts are the same."""
-        loop = self.trainer.fit_loop.epoch_loop
-        if self.trainer.accumulate_grad_batches == 1 and loop._batches_that_stepped != self.global_step:
-            loop._batches_that_stepped = self.global_step
-
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
         images, indices = batch
