@@ -38,10 +38,10 @@ def test_patch_sampler_is_a_pure_function_of_seed_and_epoch():
     assert list(sampler) == first and len(first) == 128
     sampler.set_epoch(1)
     assert list(sampler) != first
-    for image, top, left, transform in first:
+    for image, top, left, transform, _ in first:
         height, width = sizes[image]
         assert 0 <= top <= height - 50 and 0 <= left <= width - 50 and 0 <= transform < 8
-    assert {t for *_, t in first} == set(range(8))
+    assert {key[3] for key in first} == set(range(8))
 
 
 def test_dihedral_gives_the_8_distinct_flips_and_rotations():

@@ -105,7 +105,7 @@ def load_source(source: str, channels: int = 1) -> tuple[list[str], list[np.ndar
 
 
 class PatchSampler(Sampler):
-    """Yields ``(image, top, left, transform)`` for ``patches_per_image`` random patches of every image.
+    """Yields ``(image, top, left, transform, patch_seed)`` for ``patches_per_image`` random patches of every image.
 
     The order and positions are a pure function of (seed, epoch). The epoch is read when an iteration starts: from
     ``epoch_source()`` when given (the data module passes the trainer's ``current_epoch``), else the value of
@@ -127,7 +127,7 @@ class PatchSampler(Sampler):
     def __len__(self) -> int:
         return len(self.sizes) * self.patches_per_image
 
-    def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int, int, int]]:
         epoch = self.epoch_source() if self.epoch_source is not None else None
         epoch = self.epoch if epoch is None else epoch
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -138,7 +138,11 @@ class PatchSampler(Sampler):
         tops = (unit[:, 0] * (heights[images] - self.patch_size + 1)).long()
         lefts = (unit[:, 1] * (widths[images] - self.patch_size + 1)).long()
         transforms = torch.randint(0, 8, (len(images),), generator=generator)
-        yield from zip(images.tolist(), tops.tolist(), lefts.tolist(), transforms.tolist(), strict=True)
+        # drawn last, so the patches above do not depend on it: seeds the level of a degradation applied in the
+        # loader workers (JPEG, downscaling), drawn per patch
+        patch_seeds = torch.randint(0, 2**62, (len(images),), generator=generator)
+        yield from zip(images.tolist(), tops.tolist(), lefts.tolist(), transforms.tolist(), patch_seeds.tolist(),
+                       strict=True)
 
 
 def dihedral(patch: np.ndarray, transform: int) -> np.ndarray:
@@ -164,7 +168,7 @@ class PatchDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, key: tuple[int, int, int, int]) -> torch.Tensor:
-        image, top, left, transform = key
+        image, top, left, transform = key[:4]
         patch = self.images[image][top:top + self.patch_size, left:left + self.patch_size]
         return torch.from_numpy(dihedral(patch, transform).copy()).permute(2, 0, 1)
 
