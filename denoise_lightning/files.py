@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-# Temporary files are named ``.dnl-tmp.<pid>.<stem>.<random>.tmp<suffix>``: hidden, recognisable, and carrying the
-# writer's process id so a later run can tell a crashed writer's leftovers (see :func:`remove_stale_temp_files`).
+# Temporary files are named ``.dnl-tmp.<pid>@<host>.<stem>.<random>.tmp<suffix>``: hidden, recognisable, and
+# carrying the writer's process id and machine, so a later run can tell a crashed writer's leftovers (see
+# :func:`remove_stale_temp_files`) also in a folder that several machines share (NFS).
 TEMP_PREFIX = ".dnl-tmp."
 STALE_AFTER_S = 3600.0
+
+
+def writer_tag() -> str:
+    """``<pid>@<host>`` of this process; the host name without dots or other characters a file name may not hold."""
+    return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())[:64]}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -29,18 +37,21 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_temp_files(folder: str | os.PathLike, max_age_s: float = STALE_AFTER_S) -> list[Path]:
     """Remove the temporary files :func:`atomic_output` left in ``folder`` when its process was killed (kill -9,
-    power loss): those whose writer process no longer runs on this machine, or older than ``max_age_s`` seconds.
-    Returns the removed paths. Other files are never touched."""
+    power loss): those written on this machine by a process that no longer runs, and any older than ``max_age_s``
+    seconds (another machine's process cannot be tested). Returns the removed paths. Other files are never touched.
+    """
     removed = []
     try:
         candidates = [p for p in Path(folder).iterdir() if p.name.startswith(TEMP_PREFIX) and p.is_file()]
     except OSError:
         return removed
     now = time.time()
+    pid_here, host_here = writer_tag().split("@", 1)
     for candidate in candidates:
-        pid_text = candidate.name[len(TEMP_PREFIX):].split(".", 1)[0]
+        pid_text, _, host = candidate.name[len(TEMP_PREFIX):].split(".", 1)[0].partition("@")
         try:
-            dead = pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
+            dead = (host == host_here and pid_text.isdigit() and pid_text != pid_here
+                    and not _pid_alive(int(pid_text)))
             if dead or now - candidate.stat().st_mtime > max_age_s:
                 candidate.unlink()
                 removed.append(candidate)
@@ -76,7 +87,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[P
     moment (even if it appeared while the block ran), instead of replacing it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{os.getpid()}.{path.stem}.",
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{writer_tag()}.{path.stem}.",
                                    suffix=f".tmp{path.suffix}")
     os.close(handle)
     umask = os.umask(0)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from denoise_lightning import denoise, load_model
-from denoise_lightning.files import TEMP_PREFIX, atomic_output
+from denoise_lightning.files import TEMP_PREFIX, atomic_output, writer_tag
 from denoise_lightning.inference import tiling
 from denoise_lightning.inference.cli import main
 from denoise_lightning.inference.images import ImageFileError, read_image
@@ -189,15 +189,18 @@ def test_temp_files_of_a_killed_run_are_removed_by_the_next_run(checkpoint, phot
     out.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    killed = out / f"{TEMP_PREFIX}{dead.pid}.photo.k2j4.tmp.png"  # what kill -9 during a write leaves
-    old = out / f"{TEMP_PREFIX}{os.getpid()}.photo.a8f1.tmp.png"  # pid alive (reused?) but two hours old
-    for leftover in (killed, old):
+    host = writer_tag().split("@", 1)[1]
+    killed = out / f"{TEMP_PREFIX}{dead.pid}@{host}.photo.k2j4.tmp.png"  # what kill -9 during a write leaves
+    old = out / f"{TEMP_PREFIX}{os.getpid()}@{host}.photo.a8f1.tmp.png"  # pid alive (reused?) but two hours old
+    # the same dead pid on another machine sharing the folder: that process may still be writing
+    elsewhere = out / f"{TEMP_PREFIX}{dead.pid}@other-{host}.photo.x9q2.tmp.png"
+    for leftover in (killed, old, elsewhere):
         leftover.write_bytes(b"half a png")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     (out / ".keep").write_text("not ours")
     Image.fromarray(photo).save(tmp_path / "photo.png")
     assert run_cli([str(tmp_path / "photo.png"), "-o", str(out), "--model", checkpoint]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [".keep", "photo.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([".keep", "photo.png", elsewhere.name])
     assert "left by an interrupted run" in capsys.readouterr().err
 
 

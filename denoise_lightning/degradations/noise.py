@@ -21,6 +21,7 @@ import math
 import zlib
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,9 +29,16 @@ Level = dict[str, float]
 
 
 class Degradation(nn.Module):
-    """Base class: subclasses implement ``sample_levels`` and ``apply``."""
+    """Base class: subclasses implement ``sample_levels`` and ``apply``.
+
+    Where a degradation runs: noise models (``in_loader = False``) are applied to the batch on the device, in the
+    training step. Codecs and resizing (``in_loader = True``, subclasses of
+    :class:`~denoise_lightning.degradations.array.ArrayDegradation`) work per image on ``uint8`` arrays, so the data
+    loader workers apply them with :meth:`degrade_array`.
+    """
 
     blind: bool
+    in_loader: bool = False
 
     def sample_levels(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Level:
         """Per-image level parameters for a training batch, each a tensor of shape (batch,)."""
@@ -48,6 +56,21 @@ class Degradation(nn.Module):
     def val_level(self) -> Level:
         """The level validation metrics are computed at."""
         raise NotImplementedError
+
+    def size_multiple(self, level: Level) -> int:
+        """Test images are cropped, top-left anchored (MATLAB ``modcrop``), to a multiple of this before degrading."""
+        return 1
+
+    def metric_border(self, level: Level) -> int:
+        """Pixels cropped from each side of the output and the clean image before PSNR / SSIM."""
+        return 0
+
+    def degrade_array(self, image: np.ndarray, level: Level) -> np.ndarray:
+        """Degrade one ``uint8`` image (H, W, C) at ``level`` (plain floats): ``float32`` (H, W, C) on the [0, 1] scale.
+
+        Only for ``in_loader`` degradations, which the data loader workers apply image by image.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is applied on the device, not to uint8 arrays")
 
     def forward(self, clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(clean, self.sample_levels(clean.shape[0], generator, clean.device), generator)

@@ -7,7 +7,7 @@
 Files keep their format family (PNG, JPEG, TIFF), bit depth (8 or 16) and channels (grey, grey+alpha, RGB, RGBA;
 alpha is copied). EXIF and ICC profiles of PNG/JPEG files are copied. 16-bit PNGs go through pypng (Pillow reads
 16-bit colour PNGs as 8-bit), TIFFs through tifffile, the rest through Pillow. Outputs are written through a
-temporary file (``.dnl-tmp.<pid>.*``; those left by a killed run are removed by the next run in that folder) and
+temporary file (``.dnl-tmp.<pid>@<host>.*``; those left by a killed run are removed by the next run in that folder) and
 a create-exclusive link: an existing file (an input, an earlier output, or one another run wrote meanwhile) is never
 replaced without ``--overwrite``. Every reader refuses images above ``--max-pixels`` from the header, before decoding
 (decompression bombs), and animated / multi-frame files. Float TIFFs are read as 0-1 unless ``--input-range 0-255``;
@@ -70,9 +70,11 @@ def collect_jobs(inputs: list[Path], output_dir: Path) -> tuple[list[tuple[Path,
 
 
 def denoise_file(source: Path, destination: Path, model, overwrite: bool, jpeg_quality: int,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, **options) -> None:
-    """Read, denoise and write one file; raises :class:`ImageFileError` naming it (and its output)."""
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, scale: int | None = None, **options) -> None:
+    """Read, restore and write one file (``scale``: bicubic upscaling first, for a super-resolution model); raises
+    :class:`ImageFileError` naming it (and its output)."""
     from denoise_lightning.inference.tiling import denoise
+    from denoise_lightning.inference.upscale import upscale
 
     if destination.exists() and not overwrite:
         same = destination.resolve() == source.resolve()
@@ -80,6 +82,11 @@ def denoise_file(source: Path, destination: Path, model, overwrite: bool, jpeg_q
                              "pass --overwrite to replace it")
     image = read_image(source, max_pixels)
     try:
+        if scale is not None:
+            if max_pixels and image.pixels.shape[0] * image.pixels.shape[1] * scale**2 > max_pixels:
+                raise ValueError(f"upscaled by {scale} it would have more than --max-pixels {max_pixels} pixels; "
+                                 "raise --max-pixels or crop it")
+            image.pixels = upscale(image.pixels, scale)
         image.pixels = denoise(image.pixels, model, **options)
     except ValueError as error:
         raise ImageFileError(f"{source}: {error}") from error
@@ -90,6 +97,23 @@ def denoise_file(source: Path, destination: Path, model, overwrite: bool, jpeg_q
                              "denoising; kept it (pass --overwrite to replace it)") from None
     except OSError as error:  # name the input and the output, not the hidden temporary file
         raise ImageFileError(f"{source}: cannot write {destination}: {error.strerror or error}") from None
+
+
+def check_scale(model, scale: int | None) -> list[str]:
+    """``ValueError`` when ``--scale`` and the model disagree (an SR model needs a scale, a denoiser takes none);
+    a message when the scale is not one the SR model was trained for."""
+    from denoise_lightning.inference.upscale import sr_scales
+
+    name = getattr(model, "model_name", type(model).__name__)
+    scales = sr_scales(getattr(model, "trained_noise", None))
+    if scales is None and scale is not None:
+        raise ValueError(f"--scale {scale}: model {name} is not a super-resolution model (train one with "
+                         "noise=downscale, e.g. experiment=sr_dn_resnet19); drop --scale to denoise")
+    if scales is not None and scale is None:
+        raise ValueError(f"model {name} restores bicubic-upscaled images (scales {scales}): pass --scale S")
+    if scales is not None and scale not in scales:
+        return [f"--scale {scale}: model {name} was trained on scales {scales}; expect poorer results"]
+    return []
 
 
 # ---------------------------------------------------------------- command line
@@ -112,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="dnl-denoise",
-        description="Denoise PNG, JPEG and TIFF images (8- or 16-bit, grey or RGB) with a trained network. "
+        description="Denoise PNG, JPEG and TIFF images (8- or 16-bit, grey or RGB) with a trained network, remove "
+                    "compression artifacts with a model trained on them (noise=jpeg, jpeg2000, heif), or enlarge "
+                    "them with a super-resolution model (--scale). "
                     "Outputs keep the format, bit depth and channels of their input. Colour: a grey model "
                     "(all published DnCNN weights, and models trained with data.channels=1) denoises each RGB "
                     "channel separately; a colour model (data.channels=3) takes RGB directly. Alpha is copied. "
@@ -129,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--noise", choices=NOISE_KINDS, help="noise of the input (checked against the model's)")
     parser.add_argument("--sigma", type=float, help="Gaussian noise level of the input, 0-255 scale")
     parser.add_argument("--peak", type=float, help="Poisson peak of the input (photons at white)")
+    parser.add_argument("--scale", type=_int_in(2, 8),
+                        help="super-resolution: enlarge by this factor (MATLAB bicubic), then restore with an SR model "
+                             "(one trained with noise=downscale)")
     parser.add_argument("--tile-size", type=int, help="tile size in pixels (default: from --memory-mb)")
     parser.add_argument("--memory-mb", type=float, default=DEFAULT_MEMORY_MB,
                         help="memory budget for the network's activations per batch of tiles (default %(default)s)")
@@ -155,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     try:
         model = load_model(args.model, map_location=args.device)
-        messages = check_noise(model, args.noise, args.sigma, args.peak)
+        messages = check_noise(model, args.noise, args.sigma, args.peak) + check_scale(model, args.scale)
     except (FileNotFoundError, CheckpointError, NoiseMismatchError, ValueError) as error:
         console.print(f"[red]dnl-denoise: error:[/red] {escape(str(error))}")
         raise SystemExit(2) from None
@@ -184,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
                     progress.console.print(f"removed {escape(str(stale))}, left by an interrupted run")
             try:
                 denoise_file(source, destination, model, args.overwrite, args.jpeg_quality, args.max_pixels,
-                             input_range=args.input_range, tile_size=args.tile_size, memory_mb=args.memory_mb,
+                             args.scale, input_range=args.input_range, tile_size=args.tile_size,
+                             memory_mb=args.memory_mb,
                              progress=lambda done, total: progress.update(tiles, completed=done, total=total))
             except (ImageFileError, OSError) as error:
                 failed += 1

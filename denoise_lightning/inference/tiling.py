@@ -22,7 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-NOISE_KINDS = ("gaussian", "poisson", "poisson_gaussian")
+NOISE_KINDS = ("gaussian", "poisson", "poisson_gaussian", "jpeg", "jpeg2000", "heif")
+# degradation class name (lower case) -> the kind of input a model restores, for the codecs
+CODEC_KINDS = {"jpegcompression": "jpeg", "jpeg2000compression": "jpeg2000", "heifcompression": "heif",
+               "downscale": "downscale"}
 
 # Peak activation memory of one forward pass, in units of (max feature channels x dtype bytes) per input pixel.
 # Measured with ru_maxrss on 512x512 fp32 channels_last inputs: DnCNN-17 and DN-ResNet-13 2.1, DS-DN-ResNet 2.7,
@@ -42,10 +45,13 @@ class NoiseLevelWarning(UserWarning):
 
 # ---------------------------------------------------------------- the declared noise against the trained noise
 def noise_kind(config: dict[str, Any] | None) -> str | None:
-    """``gaussian`` / ``poisson`` / ``poisson_gaussian`` from a noise ``_target_`` config (class name), else None."""
+    """``gaussian`` / ``poisson`` / ``poisson_gaussian`` / ``jpeg`` / ``jpeg2000`` / ``heif`` / ``downscale`` from a
+    noise ``_target_`` config (class name), else None."""
     if not config or "_target_" not in config:
         return None
     name = str(config["_target_"]).rsplit(".", 1)[-1].lower().replace("_", "")
+    if name in CODEC_KINDS:
+        return CODEC_KINDS[name]
     if "poisson" in name:
         return "poisson_gaussian" if "gaussian" in name else "poisson"
     return "gaussian" if "gaussian" in name else None

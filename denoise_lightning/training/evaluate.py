@@ -28,7 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 from denoise_lightning.baselines import Baseline, Job, cache_path, denoise_cached
 from denoise_lightning.degradations.noise import Degradation, deterministic_noisy
 from denoise_lightning.provenance import describe, environment
-from denoise_lightning.training.module import DenoiseModule, grid_row, image_metrics
+from denoise_lightning.training.module import (
+    DenoiseModule,
+    crop_to_multiple,
+    grid_row,
+    image_metrics,
+    scored_region,
+)
 from denoise_lightning.training.resolvers import register_resolvers
 from denoise_lightning.training.results import print_results, write_results
 from denoise_lightning.training.train import CONFIG_PATH, build_trainer, test_and_report
@@ -69,14 +75,16 @@ def evaluate_baseline(cfg: DictConfig) -> dict[str, Any]:
     noise: Degradation = instantiate(cfg.noise)
     datamodule = instantiate(cfg.data)
     levels = noise.test_levels
-    cells: list[tuple[str, str, list[torch.Tensor], list[torch.Tensor]]] = []  # (set, level, clean, noisy)
+    cells: list[tuple[str, str, int, list[torch.Tensor], list[torch.Tensor]]] = []  # (set, level, border, clean, noisy)
     jobs: list[Job] = []
     for set_name, loader in zip(datamodule.test_set_names, datamodule.test_dataloader(), strict=True):
         images = [(images.float() / 255.0, int(index[0])) for images, index in loader]
         for level in levels:
             level_name = Degradation.level_name(level)
-            noisy = [deterministic_noisy(noise, clean, set_name, index, level) for clean, index in images]
-            cells.append((set_name, level_name, [clean for clean, _ in images], noisy))
+            cleans = [crop_to_multiple(clean, noise.size_multiple(level)) for clean, _ in images]
+            noisy = [deterministic_noisy(noise, clean, set_name, index, level)
+                     for clean, (_, index) in zip(cleans, images, strict=True)]
+            cells.append((set_name, level_name, noise.metric_border(level), cleans, noisy))
             for (_, index), image in zip(images, noisy, strict=True):
                 array = image[0].permute(1, 2, 0).numpy()
                 path = cache_path(cfg.cache_dir, baseline, set_name, level_name, index,
@@ -86,14 +94,16 @@ def evaluate_baseline(cfg: DictConfig) -> dict[str, Any]:
 
     test: dict[str, dict[str, dict[str, float]]] = {}
     seconds: list[float] = []
-    for set_name, level_name, cleans, noisies in cells:
+    for set_name, level_name, border, cleans, noisies in cells:
         metrics = {"output": image_metrics(), "noisy": image_metrics()}
         for clean, noisy in zip(cleans, noisies, strict=True):
             output, time_taken = next(outputs)
             seconds.append(time_taken)
             # scored exactly as DenoiseModule.denoise_test_image + test_step score a network
-            metrics["output"].update(torch.from_numpy(output).permute(2, 0, 1)[None].clamp(0, 1), clean)
-            metrics["noisy"].update(noisy.clamp(0, 1), clean)
+            output = torch.from_numpy(output).permute(2, 0, 1)[None].clamp(0, 1)
+            clean = scored_region(clean, border)
+            metrics["output"].update(scored_region(output, border), clean)
+            metrics["noisy"].update(scored_region(noisy.clamp(0, 1), border), clean)
         test.setdefault(set_name, {})[level_name] = grid_row(metrics)
 
     method = baseline.method(levels[0])

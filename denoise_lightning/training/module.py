@@ -15,6 +15,7 @@ passed as an instance.
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from denoise_lightning.degradations import compression, resize
 from denoise_lightning.degradations import noise as noise_models
 from denoise_lightning.degradations.noise import Degradation, deterministic_noisy
 from denoise_lightning.training import losses
@@ -36,13 +38,15 @@ from denoise_lightning.zoo.checkpoint import CheckpointError, build, network_tar
 
 
 def _classes(module: Any, base: type) -> list[type]:
-    """The subclasses of ``base`` defined in ``module`` (``base`` itself excluded)."""
+    """The public, concrete subclasses of ``base`` defined in ``module`` (``base`` itself excluded)."""
     return [cls for cls in vars(module).values() if isinstance(cls, type) and issubclass(cls, base)
-            and cls is not base and cls.__module__ == module.__name__]
+            and cls is not base and cls.__module__ == module.__name__ and not cls.__name__.startswith("_")
+            and not inspect.isabstract(cls)]
 
 
 # The classes the ``noise`` and ``loss`` configs (hparams) may name.
-NOISE_TARGETS = targets(_classes(noise_models, Degradation))
+NOISE_TARGETS = targets([cls for module in (noise_models, compression, resize)
+                         for cls in _classes(module, Degradation)])
 LOSS_TARGETS = {**targets(_classes(losses, nn.Module)), **targets([nn.MSELoss, nn.L1Loss], "torch.nn")}
 
 
@@ -67,6 +71,21 @@ def grid_row(metrics: Mapping[str, MetricCollection]) -> dict[str, float]:
     output = {k: float(v) for k, v in metrics["output"].compute().items()}
     noisy = {k: float(v) for k, v in metrics["noisy"].compute().items()}
     return {"psnr": output["psnr"], "ssim": output["ssim"], "psnr_noisy": noisy["psnr"], "ssim_noisy": noisy["ssim"]}
+
+
+def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """(N, C, H, W) cropped at the bottom and right to a multiple of ``multiple`` (MATLAB ``modcrop``): the image a
+    downscale-by-``multiple`` benchmark starts from."""
+    if multiple <= 1:
+        return image
+    height, width = image.shape[-2:]
+    return image[..., : height - height % multiple, : width - width % multiple]
+
+
+def scored_region(image: torch.Tensor, border: int) -> torch.Tensor:
+    """(N, C, H, W) without ``border`` pixels on every side: the region a benchmark scores (super-resolution
+    ignores ``scale`` pixels at the border)."""
+    return image[..., border:-border, border:-border] if border > 0 else image
 
 
 def _build(spec: Mapping | DictConfig | nn.Module, allowed: Mapping[str, type],
@@ -184,18 +203,28 @@ class DenoiseModule(L.LightningModule):
         return self.network(noisy)
 
     def denoise_test_image(self, clean: torch.Tensor, set_name: str, index: int, level: dict) -> tuple:
-        """(noisy, output) of one test image at one level, both float32 clipped to [0, 1]."""
+        """(clean, noisy, output) of one test image at one level, float32, the last two clipped to [0, 1], each
+        cropped as the benchmark scores it (:func:`scored_region`: e.g. super-resolution crops the image to a
+        multiple of the scale, then ``scale`` pixels off every side)."""
+        clean = crop_to_multiple(clean, self.noise.size_multiple(level))
         noisy = deterministic_noisy(self.noise, clean, set_name, index, level)
         if self.hparams.channels_last:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         output = self(noisy).float()
-        return noisy.clamp(0, 1), output.clamp(0, 1)
+        border = self.noise.metric_border(level)
+        return (scored_region(clean, border), scored_region(noisy.clamp(0, 1), border),
+                scored_region(output.clamp(0, 1), border))
 
     # ---------------------------------------------------------------- training
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        clean = self._as_input(batch)
-        seed = (self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
-        noisy = self.noise(clean, generator=torch.Generator(device=clean.device).manual_seed(seed))
+    def training_step(self, batch: torch.Tensor | list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """``batch``: clean uint8 patches, degraded here on the device; or ``(clean, degraded)`` when the
+        degradation runs in the loader workers (codecs, resizing: ``noise.in_loader``)."""
+        if isinstance(batch, (list, tuple)):
+            clean, noisy = self._as_input(batch[0]), self._as_input(batch[1])
+        else:
+            clean = self._as_input(batch)
+            seed = (self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
+            noisy = self.noise(clean, generator=torch.Generator(device=clean.device).manual_seed(seed))
         loss = self.loss(self(noisy).float(), clean)
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -251,7 +280,7 @@ class DenoiseModule(L.LightningModule):
         images, indices = batch
         clean = self._as_input(images)
         set_name = self.trainer.datamodule.val_set if self.trainer.datamodule else "val"
-        _, output = self.denoise_test_image(clean, set_name, int(indices[0]), self.noise.val_level)
+        clean, _, output = self.denoise_test_image(clean, set_name, int(indices[0]), self.noise.val_level)
         with self._full_precision():
             self.val_metrics.update(output, clean.float())
         self.log_dict({f"val/{k}": v for k, v in self.val_metrics.items()}, on_epoch=True, prog_bar=True,
@@ -271,11 +300,11 @@ class DenoiseModule(L.LightningModule):
         clean = self._as_input(images).float()
         set_name = self.trainer.datamodule.test_set_names[dataloader_idx]
         for level in self.noise.test_levels:
-            noisy, output = self.denoise_test_image(clean, set_name, int(indices[0]), level)
+            scored, noisy, output = self.denoise_test_image(clean, set_name, int(indices[0]), level)
             metrics = self.test_metrics[(set_name, Degradation.level_name(level))]
             with self._full_precision():
-                metrics["output"].update(output, clean)
-                metrics["noisy"].update(noisy, clean)
+                metrics["output"].update(output, scored)
+                metrics["noisy"].update(noisy, scored)
 
     def on_test_epoch_end(self) -> None:
         self.test_results = {}

@@ -9,6 +9,9 @@
   per-stage table of a cascade, and the final test table.
 * :func:`finish_wandb_run`: the job's wandb run is finished when the job ends, failed or not, so the next job in
   the same process (Ray reuses its worker processes) starts a new run instead of writing into this one.
+* A run resumed from a checkpoint continues its wandb run: :class:`WandbTracking` records the run's id in every
+  checkpoint (``"wandb_run_id"``), and ``dnl-train ckpt_path=...`` passes it back to the logger (``resume="allow"``,
+  offline too: ``wandb sync`` then uploads both parts into the one run).
 """
 
 from __future__ import annotations
@@ -82,8 +85,20 @@ def offline() -> bool:
 
 
 # ---------------------------------------------------------------- run lifetime
+WANDB_RUN_ID_KEY = "wandb_run_id"  # checkpoint key: the wandb run a resumed run continues
+
+
 def wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
     return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+
+
+def resume_wandb_run(cfg: DictConfig, checkpoint: dict) -> None:
+    """Make ``cfg``'s wandb logger (if any) continue the run that wrote ``checkpoint``: its id, ``resume="allow"``.
+    A checkpoint without a run id (written without wandb) leaves the config as it is: a new run starts."""
+    run_id = checkpoint.get(WANDB_RUN_ID_KEY)
+    if run_id and (cfg.get("logger") or {}).get("wandb"):
+        OmegaConf.update(cfg, "logger.wandb.id", str(run_id), force_add=True)
+        OmegaConf.update(cfg, "logger.wandb.resume", "allow", force_add=True)
 
 
 def log_resolved_config(trainer: L.Trainer, cfg: DictConfig) -> None:
@@ -162,6 +177,11 @@ class WandbTracking(L.Callback):
             for logger in loggers:
                 logger.log_table("cascade/stages", columns=STAGE_COLUMNS, data=data)
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        loggers = wandb_loggers(trainer)
+        if loggers:  # read back by dnl-train on resume (resume_wandb_run), so the same wandb run continues
+            checkpoint[WANDB_RUN_ID_KEY] = loggers[0].version
+
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loggers = wandb_loggers(trainer)
         results = getattr(pl_module, "test_results", None)
@@ -210,7 +230,7 @@ class WandbTracking(L.Callback):
         images, captions = [], []
         for clean, index in crops:
             clean = clean.to(pl_module.device)
-            noisy, output = pl_module.denoise_test_image(clean, set_name, index, level)
+            clean, noisy, output = pl_module.denoise_test_image(clean, set_name, index, level)
             gap = torch.ones_like(clean[0, :, :, :4])
             images.append(_to_uint8(torch.cat([noisy[0], gap, output[0], gap, clean[0]], dim=-1)))
             captions.append(f"{set_name}[{index}] noisy {peak_signal_noise_ratio(noisy, clean, data_range=1.0):.2f} "

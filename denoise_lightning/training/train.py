@@ -29,7 +29,7 @@ from denoise_lightning.training.callbacks import CascadeTraining
 from denoise_lightning.training.loggers import ResumableCSVLogger
 from denoise_lightning.training.resolvers import register_resolvers
 from denoise_lightning.training.results import print_results, start_run, write_results
-from denoise_lightning.training.tracking import finish_wandb_run, log_resolved_config
+from denoise_lightning.training.tracking import finish_wandb_run, log_resolved_config, resume_wandb_run
 
 # The configs ship inside the package (conf/__init__.py makes it one), so an installed wheel finds them wherever it
 # is installed and whichever way the app starts (console script, python -m). CONF_DIR: the same folder on disk.
@@ -89,12 +89,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module, _recursive_=False)
+    resumed = None
+    if cfg.get("ckpt_path") and Path(cfg.ckpt_path).is_file():  # before any logging: the logs continue
+        resumed = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        resume_wandb_run(cfg, resumed)
     trainer = build_trainer(cfg)
-    if cfg.get("ckpt_path") and Path(cfg.ckpt_path).is_file():  # before any logging: the CSV log continues
-        step = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
-        for logger in trainer.loggers:
-            if isinstance(logger, ResumableCSVLogger):
-                logger.keep_rows_before(step, cfg.ckpt_path)
+    for logger in trainer.loggers if resumed is not None else []:
+        if isinstance(logger, ResumableCSVLogger):
+            logger.keep_rows_before(resumed["global_step"], cfg.ckpt_path)
     log_resolved_config(trainer, cfg)
     if cfg.get("init_from"):
         # start from a trained network (e.g. DN-ResNet-13 for DS evolution); its architecture must match the model
