@@ -118,6 +118,26 @@ bench: $(STAMPS)/install-dev
 sweep: $(STAMPS)/install-dev
 	$(PYTHON) -m denoise_lightning.training.train -m experiment=$(SWEEP_EXPERIMENT) hydra/launcher=$(SWEEP_LAUNCHER) $(ARGS)
 
+# `make reproduce`: the paper's claims grid (experiment=reproduce*: 9 arms x 3 seeds = 27 jobs) as one multirun, then
+# the claims report (`dnl-collect SWEEP --claims`: each claim's arms over seeds, difference, verdict -> claims.md).
+# REPRODUCE_BUDGET=smoke (embedded photos, ~10 minutes on 2 CPU cores: checks the protocol, resolves no claim) or full
+# (Train400 -> BSD68 + Set12, a GPU job); REPRODUCE_LAUNCHER as SWEEP_LAUNCHER. The report is written also when a job
+# failed (the make target then fails).
+REPRODUCE_BUDGET ?= smoke
+REPRODUCE_LAUNCHER ?= ray_local
+REPRODUCE_EXPERIMENT = $(or $(REPRODUCE_EXPERIMENT_$(REPRODUCE_BUDGET)),$(error REPRODUCE_BUDGET must be smoke or full, not "$(REPRODUCE_BUDGET)"))
+REPRODUCE_EXPERIMENT_smoke := reproduce_smoke
+REPRODUCE_EXPERIMENT_full := reproduce
+REPRODUCE_TIME := $(shell date +%Y-%m-%d_%H-%M-%S)
+REPRODUCE_DIR ?= multirun/$(REPRODUCE_EXPERIMENT)/$(REPRODUCE_TIME)
+
+.PHONY: reproduce
+## the claims grid as one multirun + the claims report -> $(REPRODUCE_DIR)/claims.md (ARGS="..." for Hydra overrides)
+reproduce: $(STAMPS)/install-dev
+	$(PYTHON) -m denoise_lightning.training.train -m experiment=$(REPRODUCE_EXPERIMENT) \
+		hydra/launcher=$(REPRODUCE_LAUNCHER) hydra.sweep.dir=$(REPRODUCE_DIR) $(ARGS); status=$$?; \
+	$(PYTHON) -m denoise_lightning.sweeps.collect $(REPRODUCE_DIR) --claims && exit $$status
+
 ## fail if a notebook holds outputs (notebooks are committed without them); notebook-clean strips them
 notebook-check: $(STAMPS)/install-dev
 	$(PYTHON) -m nbstripout --verify $(NOTEBOOKS)

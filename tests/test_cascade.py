@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from types import SimpleNamespace
 
 import pytest
@@ -169,3 +170,103 @@ def test_head_evolution_is_recorded_and_rebuilt_from_the_checkpoint(tmp_path, ca
         fitted.convert_head()
     with pytest.raises(ValueError, match="separable_head"):
         CascadeTraining([{"epochs": 1, "blocks": [], "separable_head": True}, {"epochs": 1, "blocks": []}])
+
+
+# ---------------------------------------------------------------- stages that end on convergence
+def _epoch_end(callback: CascadeTraining, epoch: int, step: int, psnr: float) -> str | None:
+    """Feed one epoch's end to the callback as the trainer would (validation ran; val/psnr = ``psnr``)."""
+    trainer = SimpleNamespace(current_epoch=epoch, global_step=step, should_stop=False, sanity_checking=False,
+                              callback_metrics={"val/psnr": torch.tensor(psnr)})
+    module = SimpleNamespace(network=DNResNet(channels=4, head_channels=8), log_dict=lambda *a, **k: None)
+    callback.on_validation_end(trainer, module)
+    callback.on_train_epoch_end(trainer, module)
+    callback._validated = False
+    return callback.rows[-1]["ended"], trainer.should_stop
+
+
+def test_a_stage_converges_by_early_stopping_rules_or_reaches_its_cap():
+    """min_delta 0.5 dB, patience 2: a gain of exactly min_delta is no improvement (EarlyStopping's rule), two such
+    epochs in a row end the stage; a stage that keeps improving ends at its cap; the last stage ending stops the run."""
+    callback = CascadeTraining([{"max_epochs": 10, "blocks": []}, {"max_epochs": 2, "blocks": []}],
+                               convergence={"monitor": "val/psnr", "min_delta": 0.5, "patience": 2})
+    ends = [_epoch_end(callback, epoch, 3 * (epoch + 1), psnr)
+            for epoch, psnr in enumerate([20.0, 21.0, 21.5, 21.25])]
+    assert ends == [(None, False), (None, False), (None, False), ("converged", False)]
+    assert (callback.stage, callback.stage_start_epoch, callback.stage_start_step) == (1, 4, 12)
+    assert callback.trigger.wait_count == 0  # a fresh trigger per stage
+    assert _epoch_end(callback, 4, 15, 21.0) == (None, False)
+    assert _epoch_end(callback, 5, 18, 22.0) == ("cap", True)
+    assert [(r["stage"], r["start_epoch"], r["epochs"], r["steps"], r["ended"]) for r in callback.rows] == [
+        (0, 0, 4, 12, "converged"), (1, 4, 2, 6, "cap")]
+
+
+def test_convergence_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"stages\[0\].max_epochs.*convergence"):
+        CascadeTraining([{"max_epochs": 3, "blocks": []}])
+    with pytest.raises(ValueError, match=r"stages\[1\] needs exactly one of epochs"):
+        CascadeTraining([{"epochs": 1, "blocks": []}, {"epochs": 1, "max_epochs": 2, "blocks": ["res"]}],
+                        convergence={})
+    with pytest.raises(ValueError, match="convergence: unknown keys"):
+        CascadeTraining([{"epochs": 1, "blocks": []}], convergence={"monitr": "val/psnr"})
+    assert CascadeTraining([{"epochs": 1, "blocks": []}], convergence={"monitor": "train/loss"}
+                           ).convergence["mode"] == "min"
+
+
+CONVERGING = "[{max_epochs:4,blocks:[]},{max_epochs:4,blocks:[res]},{max_epochs:1,blocks:[res,res]}]"
+# min_delta 100 dB: the first check of a stage improves on -inf, every later one does not, so with patience 2 each
+# converging stage lasts exactly 3 epochs: boundaries after epochs 2 and 5; the last stage reaches its cap of one
+# epoch and ends the run (7 epochs, 21 steps, though trainer.max_epochs is 20)
+CONVERGENCE = [*CASCADE, f"callbacks.cascade.stages={CONVERGING}", "trainer.max_epochs=20",
+               "module.lr_schedule=restart",
+               "+callbacks.cascade.convergence={monitor:val/psnr,min_delta:100,patience:2}"]
+
+
+def test_killed_and_resumed_convergence_cascade_crosses_the_same_stage_boundaries(tmp_path):
+    """Killed after epoch 4, in stage 1 with one check without improvement: the checkpoint holds the stage, its start
+    and the trigger's wait count and best value, so the resumed run ends stage 1 one epoch later, as the
+    uninterrupted one did (a fresh trigger would need three more epochs, a stage derived from the epoch would be 0),
+    with the same weights and learning rate."""
+    straight = train(compose_config("train", tmp_path / "straight", CONVERGENCE))
+    rows = [(r["blocks"], r["start_epoch"], r["epochs"], r["steps"], r["ended"]) for r in straight["stages"]]
+    assert rows == [([], 0, 3, 9, "converged"), (["res"], 3, 3, 9, "converged"), (["res", "res"], 6, 1, 3, "cap")]
+    assert straight["global_steps"] == 21
+
+    killed = ["+callbacks.kill._target_=conftest.StopAfterEpoch", "+callbacks.kill.epoch=4"]
+    train(compose_config("train", tmp_path / "first", [*CONVERGENCE, *killed]))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)["callbacks"]["CascadeTraining"]
+    assert (state["stage"], state["stage_start_epoch"], state["stage_start_step"]) == (1, 3, 9)
+    assert state["trigger"]["wait_count"] == 1 and torch.isfinite(state["trigger"]["best_score"])
+    resumed = train(compose_config("train", tmp_path / "resumed", [*CONVERGENCE, f"ckpt_path={last}"]))
+    assert resumed["stages"] == straight["stages"]
+    a_ckpt = torch.load(straight["checkpoint"], weights_only=True)
+    b_ckpt = torch.load(resumed["checkpoint"], weights_only=True)
+    assert a_ckpt["global_step"] == b_ckpt["global_step"] == 21
+    assert a_ckpt["lr_schedulers"][0]["_last_lr"] == b_ckpt["lr_schedulers"][0]["_last_lr"]
+    for name, value in a_ckpt["state_dict"].items():
+        torch.testing.assert_close(value, b_ckpt["state_dict"][name], rtol=1e-5, atol=1e-6)
+
+
+def _learning_rates(output_dir) -> list[float]:
+    """The learning rate of every optimizer step, from the CSV log (LearningRateMonitor, one row per step)."""
+    with (output_dir / "csv" / "metrics.csv").open() as stream:
+        rows = [row for row in csv.DictReader(stream) if row.get("lr-Adam")]
+    return [float(row["lr-Adam"]) for row in sorted(rows, key=lambda r: int(r["step"]))]
+
+
+@pytest.mark.parametrize("schedule", ["fixed", "restart", "global"])
+def test_learning_rate_at_stage_boundaries_is_the_configured_choice(schedule, tmp_path):
+    """Stages of 1, 2 and 1 epochs of 3 steps: fixed keeps lr; restart decays over each stage and starts again at lr
+    at steps 3 and 9; global decays once over the 12 steps."""
+    result = train(compose_config("train", tmp_path, [*CASCADE, "trainer.max_epochs=4", "trainer.log_every_n_steps=1",
+                                                      f"module.lr_schedule={schedule}"]))
+    assert result["global_steps"] == 12
+    lr = _learning_rates(tmp_path)
+    assert len(lr) == 12
+    if schedule == "fixed":
+        assert lr == [1e-3] * 12
+    elif schedule == "restart":
+        assert [lr[i] for i in (0, 3, 9)] == [1e-3] * 3
+        assert lr[0] > lr[1] > lr[2] and lr[3] > lr[4] > lr[8] and lr[9] > lr[10] > lr[11]
+    else:
+        assert lr[0] == 1e-3 and all(a > b for a, b in zip(lr, lr[1:], strict=False))

@@ -2,6 +2,7 @@
 
     dnl-collect multirun/paper_grid/2026-01-01_12-00-00             # -> results.csv, stages.csv, sweep_summary.*
     dnl-collect outputs multirun --out analysis/                     # several roots into one table
+    dnl-collect multirun/reproduce/2026-01-01_12-00-00 --claims      # + the claims report (sweeps/claims.py)
 
 A run (job) is a folder holding ``.hydra/overrides.yaml``, ``results.json`` or ``job_status.json``. Written to the
 output folder (default: the only root):
@@ -9,7 +10,8 @@ output folder (default: the only root):
 * ``results.csv``: one row per run x test set x level: the run's overrides (one column per key, e.g. ``noise``,
   ``noise.blind``, ``loss.edge_weight``), what it was (network, params, MACs per pixel, noise type, blind, loss,
   edge weight) and its test metrics (``psnr``, ``ssim``, ``psnr_noisy``, ``ssim_noisy``).
-* ``stages.csv``: one row per run x cascade stage (conv layers, params, validation PSNR/SSIM at the stage's end).
+* ``stages.csv``: one row per run x cascade stage (conv layers, params, validation PSNR/SSIM at the stage's end,
+  the epochs and optimizer steps it used and why it ended: ``epochs``, ``converged``, ``cap``, ...).
 * ``sweep_summary.json`` / ``.md``: every job's status (completed / failed / incomplete / not started / stale /
   invalid) and, for a failed job, its exception. "not started" needs the sweep's ``multirun.yaml`` (Hydra's basic
   sweeper). A folder whose ``results.json`` cannot be reported as its own gives no rows and says why: "invalid" (not
@@ -40,7 +42,7 @@ from denoise_lightning.training.results import RUN_FILE, results_problem
 METRICS = ("psnr", "ssim", "psnr_noisy", "ssim_noisy")
 JOB_STATUS_FILE = "job_status.json"  # written per job by sweeps.status.SweepStatus
 STAGE_FIELDS = ("stage", "epoch", "global_step", "conv_layers", "blocks", "params", "macs_per_pixel", "val_psnr",
-                "val_ssim")
+                "val_ssim", "start_epoch", "epochs", "steps", "ended")
 
 
 @dataclass
@@ -93,7 +95,8 @@ def find_job_dirs(root: Path) -> list[Path]:
     """Run folders under ``root`` (itself included), in natural order (job 2 before job 10)."""
     markers = [*root.rglob(".hydra/overrides.yaml"), *root.rglob("results.json"), *root.rglob(JOB_STATUS_FILE)]
     folders = {marker.parent.parent if marker.parent.name == ".hydra" else marker.parent for marker in markers}
-    return sorted(folders, key=lambda p: [int(part) if part.isdigit() else part for part in p.relative_to(root).parts])
+    return sorted(folders, key=lambda p: [(0, int(part), "") if part.isdigit() else (1, 0, part)  # 2 < 10 < "a"
+                                          for part in p.relative_to(root).parts])
 
 
 def read_job(root: Path, path: Path) -> Job:
@@ -300,12 +303,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dnl-collect", description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="+", help="sweep folders (multirun/...) or folders of runs")
     parser.add_argument("--out", default=None, help="folder for the tables (default: the only root)")
+    parser.add_argument("--claims", action="store_true",
+                        help="also the claims report (sweeps.claims): per claim both arms over seeds, the difference "
+                             "and a verdict -> claims.md / claims.json")
     args = parser.parse_args(argv)
     try:
         collection = collect(args.roots, args.out)
     except (FileNotFoundError, ValueError) as error:
         parser.exit(2, f"dnl-collect: {error}\n")
     print_summary(collection)
+    if args.claims:
+        from denoise_lightning.sweeps.claims import print_claims, report  # claims reads runs through this module
+
+        print_claims(report(args.roots, collection.summary_md.parent))
     counts = collection.summary["counts"]
     return 1 if counts["failed"] or counts.get("stale") or counts.get("invalid") else 0
 

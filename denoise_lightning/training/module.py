@@ -18,13 +18,14 @@ from __future__ import annotations
 import inspect
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MetricCollection
@@ -34,6 +35,7 @@ from denoise_lightning.degradations import compression, resize
 from denoise_lightning.degradations import noise as noise_models
 from denoise_lightning.degradations.noise import Degradation, deterministic_noisy
 from denoise_lightning.training import losses
+from denoise_lightning.training.callbacks import CascadeTraining
 from denoise_lightning.zoo.checkpoint import CheckpointError, build, network_targets, targets
 
 
@@ -47,6 +49,7 @@ def _classes(module: Any, base: type) -> list[type]:
 # The classes the ``noise`` and ``loss`` configs (hparams) may name.
 NOISE_TARGETS = targets([cls for module in (noise_models, compression, resize)
                          for cls in _classes(module, Degradation)])
+LR_SCHEDULES = ("global", "restart", "fixed")  # module.lr_schedule: see DenoiseModule
 LOSS_TARGETS = {**targets(_classes(losses, nn.Module)), **targets([nn.MSELoss, nn.L1Loss], "torch.nn")}
 
 
@@ -54,6 +57,13 @@ def cosine_factor(step: int, total: int, floor: float) -> float:
     """Learning-rate factor at ``step`` of a cosine decay from 1 to ``floor`` over ``total`` steps."""
     progress = min(step, total) / total
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def restarted_cosine_factor(step: int, window: Callable[[], tuple[int, int]], floor: float) -> float:
+    """Learning-rate factor at global ``step`` of a cosine decay from 1 to ``floor`` restarted at every cascade stage:
+    ``window()`` gives the current stage's (first step, length in steps)."""
+    start, total = window()
+    return cosine_factor(max(0, step - start), max(1, total), floor)
 
 
 def image_metrics() -> MetricCollection:
@@ -145,6 +155,10 @@ class DenoiseModule(L.LightningModule):
         channels_last: run the network in channels_last memory format (faster convolutions on CPU and GPU).
         seed: base seed of the training noise (the generator of step ``s`` on rank ``r`` is seeded by (seed, s, r),
             so a resumed run draws the same noise as an uninterrupted one).
+        lr_schedule: the learning rate across cascade stages: ``"global"`` (one cosine decay from ``lr`` to
+            ``lr_min`` over the whole run), ``"restart"`` (the cosine decay restarted at every stage, over the
+            stage's length: see ``CascadeTraining.lr_window``) or ``"fixed"`` (``lr`` throughout, the paper's
+            constant 1e-4). ``lr_min=None`` also keeps ``lr`` constant.
     """
 
     def __init__(
@@ -157,6 +171,7 @@ class DenoiseModule(L.LightningModule):
         weight_decay: float = 0.0,
         channels_last: bool = True,
         seed: int = 0,
+        lr_schedule: str = "global",
     ) -> None:
         super().__init__()
         try:
@@ -171,7 +186,9 @@ class DenoiseModule(L.LightningModule):
             raise TypeError("noise must be a denoise_lightning.degradations.noise.Degradation, "
                             f"got {type(self.noise).__name__}")
         hparams: dict[str, Any] = dict(lr=lr, lr_min=lr_min, weight_decay=weight_decay,
-                                       channels_last=channels_last, seed=seed)
+                                       channels_last=channels_last, seed=seed, lr_schedule=lr_schedule)
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"module.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
         for key, cfg in (("network", network_cfg), ("noise", noise_cfg), ("loss", loss_cfg)):
             if cfg is not None:
                 hparams[key] = cfg
@@ -230,15 +247,26 @@ class DenoiseModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict:
-        """Adam; cosine decay from ``lr`` to ``lr_min`` written as a function of the global step, so that an
-        optimizer rebuilt mid-run (cascade growth) or restored from a checkpoint continues at the same rate."""
+        """Adam; the learning rate of ``lr_schedule``, written as a function of the global step, so that an
+        optimizer rebuilt mid-run (cascade growth) or restored from a checkpoint continues at the same rate:
+        ``global``: cosine decay from ``lr`` to ``lr_min`` over the run; ``restart``: the same decay over each
+        cascade stage, from the stage's first step (the window is read from the callback at every step, so it follows
+        a stage boundary and a resumed callback state); ``fixed`` (or ``lr_min=None``): constant ``lr``."""
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.lr_min is None:
+        schedule = self.hparams.get("lr_schedule", "global")  # checkpoints of earlier versions: global
+        if self.hparams.lr_min is None or schedule == "fixed":
             return {"optimizer": optimizer}
         for group in optimizer.param_groups:
             group["initial_lr"] = self.hparams.lr
-        factor = partial(cosine_factor, total=max(1, int(self.trainer.estimated_stepping_batches)),
-                         floor=self.hparams.lr_min / self.hparams.lr)
+        floor = self.hparams.lr_min / self.hparams.lr
+        if schedule == "restart":
+            cascade = next((c for c in self.trainer.callbacks if isinstance(c, CascadeTraining)), None)
+            if cascade is None:
+                raise MisconfigurationException("module.lr_schedule=restart restarts the schedule at every cascade "
+                                                "stage: it needs callbacks.cascade (else use global or fixed)")
+            factor = partial(restarted_cosine_factor, window=partial(cascade.lr_window, self.trainer), floor=floor)
+        else:
+            factor = partial(cosine_factor, total=max(1, int(self.trainer.estimated_stepping_batches)), floor=floor)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=self.global_step - 1)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
