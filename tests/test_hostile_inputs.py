@@ -279,3 +279,27 @@ def test_jpeg_quality_is_limited_to_1_100(checkpoint, photo, tmp_path, capsys, q
     assert (code == 0) == ok
     if not ok:
         assert code == 2 and "outside 1..100" in capsys.readouterr().err
+
+
+def test_reading_leaves_pillows_global_limit_alone_unless_pillow_refuses(tmp_path, monkeypatch):
+    """Other threads opening images meanwhile keep Pillow's own protection: an ordinary image is opened with Pillow's
+    limit in place; only an image above twice that limit, which the caller allowed, is opened with it lifted."""
+    seen = []
+    real_open = Image.open
+
+    def recording_open(*args, **kwargs):
+        seen.append(Image.MAX_IMAGE_PIXELS)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", recording_open)
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / "small.png")
+    read_image(tmp_path / "small.png")
+    assert seen == [Image.MAX_IMAGE_PIXELS] and seen[0] is not None
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 900)  # so that a small file is "above twice Pillow's limit"
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / "large.png")
+    seen.clear()
+    assert read_image(tmp_path / "large.png", max_pixels=0).pixels.shape == (40, 50)
+    assert seen == [900, None] and Image.MAX_IMAGE_PIXELS == 900  # lifted for the second open only, then restored
+    with pytest.raises(ImageFileError, match=r"large\.png: 50x40 = 2000 pixels exceeds the limit of 1000"):
+        read_image(tmp_path / "large.png", max_pixels=1000)

@@ -9,6 +9,7 @@ and animated / multi-frame files. :func:`write_image` writes through :func:`deno
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -87,22 +88,39 @@ def _read_tiff(path: Path, max_pixels: int | None) -> ImageFile:
     return ImageFile(pixels)
 
 
+# Serialises the rare opens that lift Pillow's own (module-global) limit; see _pillow_open.
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
 @contextmanager
 def _pillow_limit_off() -> Iterator[None]:
-    """Pillow's global MAX_IMAGE_PIXELS off while opening: :func:`_check_pixels` applies the caller's limit instead
-    (Pillow would refuse a file above twice its own limit even when the user raised --max-pixels)."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
+    """Pillow's global MAX_IMAGE_PIXELS off while opening, under a lock. Only for an image above twice Pillow's limit,
+    which Pillow refuses even when the caller raised ``max_pixels``: :func:`_check_pixels` applies that instead."""
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _pillow_open(path: Path) -> Image.Image:
+    """``Image.open`` (the header only), leaving Pillow's global limit alone in the common case, so other threads
+    opening images meanwhile keep their protection. Pillow refuses an image above twice its limit: only then is it
+    opened again with Pillow's limit lifted, for :func:`_check_pixels` to apply the caller's limit to its header.
+    (Between once and twice its limit Pillow also warns, ``DecompressionBombWarning``; silencing that would change
+    the process-wide warning filters, so the warning is left to show.)"""
     try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
+        return Image.open(path)
+    except Image.DecompressionBombError:
+        with _pillow_limit_off():
+            return Image.open(path)
 
 
 def _open_pillow(path: Path, max_pixels: int | None) -> Image.Image:
     """Open (header only) with the pixel limit and refuse animations: only the first frame would be denoised."""
-    with _pillow_limit_off():
-        image = Image.open(path)
+    image = _pillow_open(path)
     try:
         _check_pixels(path, *image.size, max_pixels)
         frames = getattr(image, "n_frames", 1)
