@@ -27,6 +27,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from denoise_lightning.degradations.array import image_level
 from denoise_lightning.degradations.noise import Degradation
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -203,10 +204,7 @@ class PatchLoader(DataLoader):
         self._resume_at = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
     def __iter__(self) -> Iterator[Any]:
-        return self._iterate()
-
-    def _iterate(self) -> Iterator[Any]:
-        # runs at the first batch, when the trainer's epoch (read by the sampler) has been restored
+        # a generator: runs at the first batch, when the trainer's epoch (read by the sampler) has been restored
         sampler = self.sampler
         epoch = sampler.current_epoch() if isinstance(sampler, PatchSampler) else getattr(sampler, "epoch", 0)
         resume, self._resume_at = self._resume_at, None
@@ -255,8 +253,8 @@ class PatchDataset(Dataset):
         patch = np.ascontiguousarray(dihedral(self.images[image][window], transform))
         if self.degradation is None:
             return torch.from_numpy(patch).permute(2, 0, 1)
-        level = self.degradation.sample_levels(1, torch.Generator().manual_seed(patch_seed), torch.device("cpu"))
-        level = {key: float(value) for key, value in level.items()}  # (1,) tensors when blind
+        level = image_level(self.degradation.sample_levels(1, torch.Generator().manual_seed(patch_seed),
+                                                           torch.device("cpu")), 0)
         if self.degradation.whole_image:  # a codec whose rate control needs more pixels than a patch (JPEG 2000)
             degraded = dihedral(self.degradation.degrade_array(self.images[image], level)[window], transform)
         else:
