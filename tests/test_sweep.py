@@ -173,10 +173,20 @@ def test_finish_wandb_run_marks_a_failed_job_and_frees_the_process(tmp_path, mon
 # ---------------------------------------------------------------- launcher configs and resources
 def test_job_resources_one_gpu_per_job_or_cpus_per_job(monkeypatch):
     monkeypatch.delenv("DNL_CPUS_PER_JOB", raising=False)
+    monkeypatch.delenv("DNL_GPUS_PER_JOB", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     monkeypatch.setattr(sweep.os, "cpu_count", lambda: 64)
     assert (sweep.gpus_per_job(), sweep.cpus_per_job()) == (1, 8)  # 8 jobs fill 8 GPUs and 64 cores exactly
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 16)
+    monkeypatch.setenv("DNL_GPUS_PER_JOB", "0.125")  # 8 small jobs share the one GPU and its 16 cores
+    assert (sweep.gpus_per_job(), sweep.cpus_per_job()) == (0.125, 2)
+    for bad in ("0", "1.5", "eight"):
+        monkeypatch.setenv("DNL_GPUS_PER_JOB", bad)
+        with pytest.raises(ValueError, match="DNL_GPUS_PER_JOB"):
+            sweep.gpus_per_job()
+    monkeypatch.delenv("DNL_GPUS_PER_JOB")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert (sweep.gpus_per_job(), sweep.cpus_per_job()) == (0, 1)
     monkeypatch.setenv("DNL_CPUS_PER_JOB", "3")

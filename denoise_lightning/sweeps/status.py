@@ -2,8 +2,9 @@
 
 * :func:`gpus_per_job` / :func:`cpus_per_job`: the ``${dnl_gpus_per_job:}`` / ``${dnl_cpus_per_job:}`` resolvers
   of ``conf/hydra/launcher/ray_local.yaml`` (registered by :mod:`denoise_lightning.training.resolvers`): one GPU per
-  job on a GPU machine (Ray then queues the jobs that do not fit), no GPU on a CPU machine; CPUs per job from
-  ``$DNL_CPUS_PER_JOB``, else the machine's cores shared evenly between its GPUs, else 1.
+  job on a GPU machine, or the fraction ``$DNL_GPUS_PER_JOB`` (Ray then queues the jobs that do not fit), no GPU on
+  a CPU machine; CPUs per job from ``$DNL_CPUS_PER_JOB``, else the machine's cores shared evenly between the jobs
+  that fit on its GPUs, else 1.
 * :class:`SweepStatus`, a Hydra callback (``hydra.callbacks`` in ``conf/train.yaml``): every job writes
   ``job_status.json`` (completed / failed with the exception and its traceback) into its own folder, wherever it
   ran; the process that ran the multirun then writes the sweep's tables and summary
@@ -31,17 +32,31 @@ from denoise_lightning.files import atomic_write_text
 from denoise_lightning.sweeps.collect import JOB_STATUS_FILE
 
 
-def gpus_per_job() -> int:
-    """1 where this machine has a CUDA GPU (each job gets exactly one), else 0."""
+def gpus_per_job() -> float:
+    """GPUs per job on a GPU machine: ``$DNL_GPUS_PER_JOB`` (a fraction such as 0.125 packs 8 small jobs on one GPU:
+    Ray fractional GPUs), else 1; 0 on a machine without a CUDA GPU."""
     import torch
 
-    return 1 if torch.cuda.is_available() else 0
+    if not torch.cuda.is_available():
+        return 0
+    if not os.environ.get("DNL_GPUS_PER_JOB"):
+        return 1
+    text = os.environ["DNL_GPUS_PER_JOB"]
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 1 and not (value > 1 and value.is_integer()):
+        raise ValueError(f"DNL_GPUS_PER_JOB must be a fraction in (0, 1] (e.g. 0.125: 8 jobs per GPU) or a whole "
+                         f"number of GPUs, got {text!r}")
+    return int(value) if value.is_integer() else value
 
 
 def cpus_per_job() -> int:
-    """``$DNL_CPUS_PER_JOB``; else the cores divided evenly between the GPUs (GPU machine); else 1 (CPU machine).
+    """``$DNL_CPUS_PER_JOB``; else the cores divided evenly between the jobs that fit on the GPUs (GPU machine:
+    GPUs / :func:`gpus_per_job` of them); else 1 (CPU machine).
 
-    On a GPU machine the even split guarantees the CPU requests never keep a job off a free GPU.
+    On a GPU machine the even split guarantees the CPU requests never keep a job off a free GPU (share).
     """
     if os.environ.get("DNL_CPUS_PER_JOB"):
         value = int(os.environ["DNL_CPUS_PER_JOB"])
@@ -51,7 +66,10 @@ def cpus_per_job() -> int:
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return max(1, (os.cpu_count() or 1) // gpus) if gpus else 1
+    if not gpus:
+        return 1
+    jobs = max(1, int(gpus / gpus_per_job()))
+    return max(1, (os.cpu_count() or 1) // jobs)
 
 
 def _now() -> str:
