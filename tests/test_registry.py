@@ -31,6 +31,7 @@ from denoise_lightning.zoo.registry import (
     ModelNotFoundError,
     available_models,
     install_published,
+    zoo_models,
 )
 from denoise_lightning.zoo.weights import WeightsError, read_weights, save_weights
 
@@ -72,7 +73,7 @@ def bsd68_test001() -> torch.Tensor:
 
 
 def test_every_published_model_is_installed_and_equals_its_mat_file(weights_env):
-    assert list(available_models()) == sorted(PUBLISHED_MODELS)
+    assert list(available_models()) == sorted([*PUBLISHED_MODELS, *zoo_models()])
     noise = 0.1 * torch.randn(1, 1, 48, 64, generator=torch.Generator().manual_seed(0))
     noisy = bsd68_test001()[..., 100:148, 200:264] + noise
     for name, published in PUBLISHED_MODELS.items():
@@ -127,7 +128,7 @@ def test_names_load_in_a_fresh_process_without_h5py_hydra_or_lightning(converted
     result = subprocess.run([sys.executable, "-c", script], cwd=empty, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
-    assert f"names {' '.join(sorted(PUBLISHED_MODELS))}" in result.stdout
+    assert f"names {' '.join(sorted([*PUBLISHED_MODELS, *zoo_models()]))}" in result.stdout
     assert result.stdout.splitlines()[-1].strip() == "imported"  # none of the three
     with torch.no_grad():
         expected = load_model(MAT_DIR / "dncnn_s25.mat")(noisy).numpy()
@@ -136,7 +137,7 @@ def test_names_load_in_a_fresh_process_without_h5py_hydra_or_lightning(converted
 
 def test_missing_names_say_which_are_installed_and_how_to_fetch_them(tmp_path, monkeypatch):
     monkeypatch.setenv("DNL_WEIGHTS_DIR", str(tmp_path / "weights"))
-    assert available_models() == {}
+    assert available_models() == zoo_models()  # only the models shipped with the package
     with pytest.raises(ModelNotFoundError) as unknown:
         load_model("dncnn-s-sigma30")
     message = str(unknown.value)
@@ -181,7 +182,7 @@ def test_any_package_network_saves_and_loads_by_name(tmp_path, monkeypatch):
     save_weights(network, config, tmp_path, "my-dn-resnet", noise=noise_config(sigma=15), provenance={"run": "x"})
     assert not list(tmp_path.glob(".*"))  # written through temporary files and renames
     monkeypatch.setenv("DNL_WEIGHTS_DIR", str(tmp_path))
-    assert list(available_models()) == ["my-dn-resnet"]
+    assert set(available_models()) == {"my-dn-resnet", *zoo_models()}
     loaded = load_model("my-dn-resnet")
     assert loaded.trained_noise["sigma"] == 15.0 and loaded.model_name == "my-dn-resnet"
     noisy = torch.rand(1, 1, 40, 48, generator=torch.Generator().manual_seed(2))
