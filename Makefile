@@ -138,6 +138,43 @@ reproduce: $(STAMPS)/install-dev
 		hydra/launcher=$(REPRODUCE_LAUNCHER) hydra.sweep.dir=$(REPRODUCE_DIR) $(ARGS); status=$$?; \
 	$(PYTHON) -m denoise_lightning.sweeps.collect $(REPRODUCE_DIR) --claims && exit $$status
 
+# `make zoo`: the model zoo. Phase 1: the DN-ResNet-13 parents (one per noise) as one multirun; phase 2: the DS-DN-ResNets
+# by incremental evolution from their finished parents; phase 3: python -m denoise_lightning.zoo.build measures every
+# model with dnl-eval in fp32 on BSD68 + Set12 next to DnCNN-S / DnCNN-B and BM3D / VST-BM3D, and writes the weights
+# and model cards into the package (ZOO_INSTALL) and the table docs/zoo.md.
+# ZOO_BUDGET=gpu (default: sized for about 10 minutes of one H100-class GPU, ZOO_GPUS_PER_JOB of it per job), cpu
+# (about 10 minutes per job and core) or smoke (checks the pipeline); ZOO_LAUNCHER as SWEEP_LAUNCHER.
+ZOO_BUDGET ?= gpu
+ZOO_LAUNCHER ?= ray_local
+ZOO_GPUS_PER_JOB ?= 0.125
+ZOO_EXPERIMENT = $(or $(ZOO_EXPERIMENT_$(ZOO_BUDGET)),\
+	$(error ZOO_BUDGET must be gpu, cpu or smoke, not "$(ZOO_BUDGET)"))
+ZOO_EXPERIMENT_gpu := zoo
+ZOO_EXPERIMENT_cpu := zoo_cpu
+ZOO_EXPERIMENT_smoke := zoo_smoke
+ZOO_DIR ?= multirun/$(ZOO_EXPERIMENT)/$(REPRODUCE_TIME)
+ZOO_INSTALL ?= denoise_lightning/zoo/models
+ZOO_DOCS ?= docs/zoo.md
+ZOO_PARENTS := dn_resnet13_sigma15,dn_resnet13_sigma25,dn_resnet13_sigma50,dn_resnet13_blind
+ZOO_PARENTS := $(ZOO_PARENTS),dn_resnet13_poisson_blind,dn_resnet13_pg_blind
+ZOO_EVOLVED := ds_dn_resnet_sigma25,ds_dn_resnet_blind
+ZOO_TRAIN = DNL_GPUS_PER_JOB=$(ZOO_GPUS_PER_JOB) $(PYTHON) -m denoise_lightning.training.train -m \
+	experiment=$(ZOO_EXPERIMENT) hydra/launcher=$(ZOO_LAUNCHER)
+
+.PHONY: zoo
+## train the model zoo, measure it and write its weights + cards (ZOO_BUDGET=gpu|cpu|smoke, ARGS="..." for Hydra)
+zoo: $(STAMPS)/install-dev
+	$(ZOO_TRAIN) +experiment/zoo_models=$(ZOO_PARENTS) hydra.sweep.dir=$(ZOO_DIR)/parents $(ARGS)
+	$(ZOO_TRAIN) +experiment/zoo_models=$(ZOO_EVOLVED) zoo.parents_dir=$(abspath $(ZOO_DIR))/parents \
+		hydra.sweep.dir=$(ZOO_DIR)/evolved $(ARGS)
+	$(PYTHON) -m denoise_lightning.zoo.build $(ZOO_DIR) --install $(ZOO_INSTALL) --docs $(ZOO_DOCS) \
+		--command "make zoo ZOO_BUDGET=$(ZOO_BUDGET) ZOO_GPUS_PER_JOB=$(ZOO_GPUS_PER_JOB)$(if $(ARGS), ARGS='$(ARGS)')"
+
+.PHONY: zoo-bench
+## how many zoo jobs to pack on one GPU: steps/s per job and in total with 1, 4, 8, 16 jobs -> zoo-throughput/
+zoo-bench: $(STAMPS)/install-dev
+	$(PYTHON) benchmarks/zoo_throughput.py --out zoo-throughput $(ARGS)
+
 ## fail if a notebook holds outputs (notebooks are committed without them); notebook-clean strips them
 notebook-check: $(STAMPS)/install-dev
 	$(PYTHON) -m nbstripout --verify $(NOTEBOOKS)

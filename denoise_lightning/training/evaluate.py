@@ -2,6 +2,7 @@
 ``results.json`` / ``results.md`` (rows: set x level; columns: PSNR/SSIM of the noisy input and of the output).
 
     dnl-eval ckpt=outputs/.../checkpoints/last.ckpt data=train400
+    dnl-eval ckpt=dn-resnet13-sigma25 data=train400 trainer.precision=32-true   # a model of the zoo, by name
     dnl-eval ckpt=model.ckpt data=train400 noise=gaussian noise.blind=true   # test levels 15, 25, 50
     dnl-eval model=bm3d noise=gaussian noise.test_sigmas=[15,25,50] data=train400 sets=[bsd68]
     dnl-eval model=bm3d noise=poisson noise.test_peaks=[1,4,30] data=train400
@@ -53,12 +54,20 @@ def select_sets(cfg: DictConfig) -> None:
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
-    """Test a network checkpoint through the Lightning test loop."""
-    checkpoint = read_checkpoint(cfg.ckpt)
-    network = network_from_checkpoint(cfg.ckpt, checkpoint=checkpoint)
+    """Test a network checkpoint (or a named model: ``ckpt=dn-resnet13-sigma25``, a weights ``.json``) through the
+    Lightning test loop."""
+    if Path(cfg.ckpt).suffix.lower() in (".json", ".safetensors") or not Path(cfg.ckpt).exists():
+        from denoise_lightning.zoo.registry import load_model
+
+        network = load_model(cfg.ckpt).float()
+        trained_noise = network.trained_noise
+    else:
+        checkpoint = read_checkpoint(cfg.ckpt)
+        network = network_from_checkpoint(cfg.ckpt, checkpoint=checkpoint)
+        trained_noise = checkpoint.get("hyper_parameters", {}).get("noise")
     noise = cfg.get("noise")
     if noise is None:
-        noise = checkpoint.get("hyper_parameters", {}).get("noise")
+        noise = trained_noise
         if noise is None:
             raise CheckpointError(f"{cfg.ckpt} records no noise config: choose one, e.g. noise=gaussian")
     module = DenoiseModule(network=network, noise=noise, **OmegaConf.to_container(cfg.module, resolve=True))

@@ -11,7 +11,8 @@ A named model (``load_model("dncnn-s-sigma25")``) is a pair of files in the weig
                                    "noise": {"_target_": "...GaussianNoise", "sigma": 25.0, "blind": false, ...},
                                    "tensors": {"file": "dncnn-s-sigma25.safetensors", "sha256": "..."},
                                    "provenance": {"source_file": ..., "source_sha256": ..., "archive": ...,
-                                                  "paper": ..., "converted_by": ...}}
+                                                  "paper": ..., "converted_by": ...},
+                                   "card": {...}}   # models of the zoo only: their model card (zoo/build.py)
 
 Reading one needs torch and safetensors only: the network is rebuilt from ``network`` by the allowlist builder of
 :mod:`~denoise_lightning.zoo.checkpoint` (one of the package's networks, plain keyword values; no Hydra, no import of
@@ -83,12 +84,13 @@ def build_network(config: Any, source: str | os.PathLike = "the weights config")
 
 
 def save_weights(network: nn.Module, network_config: Mapping[str, Any], directory: str | os.PathLike, name: str,
-                 noise: Mapping[str, Any] | None = None, provenance: Mapping[str, Any] | None = None) -> Path:
+                 noise: Mapping[str, Any] | None = None, provenance: Mapping[str, Any] | None = None,
+                 card: Mapping[str, Any] | None = None) -> Path:
     """Write ``network`` as ``<directory>/<name>.safetensors`` + ``<name>.json``; returns the JSON's path.
 
     ``network_config`` must rebuild ``network`` through :func:`build_network` (checked: the state_dict is loaded
     strictly into the rebuilt network before anything is written). ``noise`` and ``provenance`` are stored as
-    given (plain JSON values).
+    given (plain JSON values), and so is ``card``, a zoo model's card (:mod:`~denoise_lightning.zoo.build`), when given.
     """
     from safetensors.torch import save_file
 
@@ -105,6 +107,8 @@ def save_weights(network: nn.Module, network_config: Mapping[str, Any], director
                 "noise": dict(noise) if noise is not None else None,
                 "tensors": {"file": tensors.name, "sha256": sha256_of(tensors)},
                 "provenance": dict(provenance or {})}
+    if card is not None:
+        metadata["card"] = dict(card)
     json_path = directory / f"{name}.json"
     atomic_write_text(json_path, json.dumps(metadata, indent=1) + "\n")
     return json_path
