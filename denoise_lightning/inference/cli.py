@@ -130,6 +130,9 @@ class AutoModel:
         self.device, self.input_range, self.noise, self.peak = device, input_range, noise, peak
         self.report, self.warn = report, warn
         self.models: dict = {}
+        from denoise_lightning.zoo.registry import gaussian_zoo_models
+
+        self.levels = gaussian_zoo_models()  # the candidates, read once for all images
 
     def load(self, name: str):
         """The zoo model ``name``, loaded on first use (its noise checked against the declared one, warnings out)."""
@@ -152,7 +155,7 @@ class AutoModel:
         if np.issubdtype(pixels.dtype, np.floating) and INPUT_RANGES[self.input_range] != 1.0:
             pixels = pixels / INPUT_RANGES[self.input_range]
         sigma = estimate_noise_sigma(pixels)
-        name = nearest_gaussian_model(sigma)
+        name = nearest_gaussian_model(sigma, self.levels)
         self.report(f"{source.name}: estimated sigma {sigma:.1f} -> {name}")
         return self.load(name)
 

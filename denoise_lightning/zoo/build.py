@@ -13,8 +13,9 @@ For every model the builder
    level, and for Gaussian noise the published DnCNN-S (each at its own sigma) and DnCNN-B;
 3. measures the card's drift check: mean PSNR of the model on the first :data:`CHECK_IMAGES` BSD68 images at its
    check level (re-measured by the test suite, which fails when the shipped weights or the code drift);
-4. writes ``<name>.safetensors`` + ``<name>.json`` (the weights format, with the card under ``"card"``) and the
-   card ``<name>.md`` into a staging folder, and copies them into ``--install`` only when every model succeeded.
+4. writes ``<name>.safetensors`` + ``<name>.json`` (the weights format, with the card under ``"card"``) into a
+   staging folder, copies them into ``--install`` only when every model succeeded, and renders each card
+   ``<name>.md`` there from its JSON.
 
 Everything a card states comes from the run folders (``results.json``: steps, wall time, precision, machine,
 package versions, git commit; ``.hydra/overrides.yaml``: the exact training command) and from this build's
@@ -163,7 +164,8 @@ def measure_references(family: Family, work: Path, test_max_images: int | None) 
             for sigma in DNCNN_S_SIGMAS:
                 checkpoint = import_dncnn(mats / f"dncnn_s{sigma}.mat", folder / f"dncnn-s{sigma}.ckpt",
                                           "--sigma", str(sigma))
-                part = dnl_eval([*common, f"ckpt={checkpoint}", f"noise.test_sigmas=[{sigma}]"],
+                own_level = [o for o in common if not o.startswith("noise.test_sigmas=")]
+                part = dnl_eval([*own_level, f"ckpt={checkpoint}", f"noise.test_sigmas=[{sigma}]"],
                                 folder / f"dncnn-s{sigma}")
                 for set_name, levels in part.items():
                     table.setdefault(set_name, {}).update(levels)
@@ -332,16 +334,13 @@ def build(zoo_dir: Path, install: Path, docs: Path | None, zoo_command: str) -> 
                            eval_command, zoo_command)
         provenance = {"trained_by": "make zoo (denoise_lightning.zoo.build)", "zoo_command": zoo_command,
                       "source": history[-1]["source"]}
-        json_path = save_weights(network, network_config, staging, run.name, noise=run.noise, provenance=provenance,
-                                 card=card)
-        (staging / f"{run.name}.md").write_text(render_card(read_metadata(json_path)))
-        written.append(json_path)
+        written.append(save_weights(network, network_config, staging, run.name, noise=run.noise,
+                                    provenance=provenance, card=card))
         print(f"{run.name}: {check_summary(card)}", flush=True)
     install.mkdir(parents=True, exist_ok=True)
     for path in sorted(staging.iterdir()):
         shutil.copy2(path, install / path.name)
-    if docs is not None:
-        render_docs(install, docs)
+    render_docs(install, docs)
     return [install / path.name for path in written]
 
 
@@ -351,15 +350,16 @@ def check_summary(card: dict[str, Any]) -> str:
     return "BSD68 " + ", ".join(f"{level} {row['psnr']:.2f} dB" for level, row in bsd68.items())
 
 
-def render_docs(install: Path, docs: Path) -> None:
-    """Re-render every card's Markdown in ``install`` and the zoo table ``docs``."""
+def render_docs(install: Path, docs: Path | None) -> None:
+    """Render every card's Markdown in ``install`` from its JSON, and the zoo table ``docs`` (None: no table)."""
     from denoise_lightning.files import atomic_write_text
 
     metadata = [read_metadata(path) for path in sorted(install.glob("*.json"))]
     metadata = [m for m in metadata if m.get("card")]
     for item in metadata:
         atomic_write_text(install / f"{item['name']}.md", render_card(item))
-    atomic_write_text(docs, render_table(metadata))
+    if docs is not None:
+        atomic_write_text(docs, render_table(metadata))
 
 
 def main(argv: list[str] | None = None) -> None:

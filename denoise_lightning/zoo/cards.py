@@ -133,7 +133,8 @@ def render_table(items: Sequence[dict[str, Any]]) -> str:
         "the weights' sha256 and the full test table on BSD68 and Set12.", "",
         "Retrain the whole zoo with `make zoo` (`ZOO_BUDGET=gpu`, the default, is sized for one GPU; `cpu` and "
         "`smoke` are smaller budgets); the cards and this table are regenerated from the runs.", "",
-        "The models below were trained with " + ", ".join(sorted({f"`{item['card']['zoo_command']}`" for item in items}))
+        "The models below were trained with "
+        + ", ".join(sorted({f"`{item['card']['zoo_command']}`" for item in items}))
         + ": compare their figures with the references beside them before choosing one.", "",
         "BSD68, PSNR (dB) measured with `dnl-eval` in fp32; the references on the same noisy images:", "",
         "| model | network | noise | parameters | MACs/pixel | patches seen | BSD68 PSNR: level = this model "

@@ -116,16 +116,17 @@ def gaussian_zoo_models() -> dict[str, float]:
     return dict(sorted(levels.items(), key=lambda item: (item[1], item[0])))
 
 
-def nearest_gaussian_model(sigma: float) -> str:
+def nearest_gaussian_model(sigma: float, levels: Mapping[str, float] | None = None) -> str:
     """The shipped non-blind Gaussian model whose trained sigma is nearest to ``sigma`` (0-255 scale): on a tie the
     lower trained sigma, and of models trained at the same sigma the first by name (``dn-resnet13-sigma25`` before
     ``ds-dn-resnet-sigma25``). :class:`ModelNotFoundError` when this installation ships none; ``ValueError`` for a
-    sigma that is negative, NaN or infinite."""
+    sigma that is negative, NaN or infinite. ``levels``: :func:`gaussian_zoo_models` already read (default: read
+    now), so a caller choosing for many images reads the JSON files once."""
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.floating, np.integer)):
         raise TypeError(f"sigma must be a number (0-255 scale), got {type(sigma).__name__} {sigma!r}")
     if not math.isfinite(sigma) or sigma < 0:
         raise ValueError(f"sigma must be a finite number >= 0 (0-255 scale), got {sigma!r}")
-    levels = gaussian_zoo_models()
+    levels = gaussian_zoo_models() if levels is None else levels
     if not levels:
         shipped = ", ".join(zoo_models()) or "none"
         raise ModelNotFoundError(f"no non-blind Gaussian model is shipped in {ZOO_DIR} (shipped: {shipped}), so "
